@@ -1,0 +1,458 @@
+"""The OpenAI-compatible HTTP ingress: journal the request, wait for its answer, return it.
+
+Thin on purpose: parse the body into RequestReceived (serving/openai_format.py), write it to
+sg.requests, and map the answer (ResponseReady, TokenChunks, RequestRejected) back to OpenAI's
+JSON or SSE. Every accepted request gets a response or an explicit error; a timeout answers 504
+and the request stays journaled.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from sluicegate.processors.envelope import new_event_id, new_span_id, new_trace_id, now
+from sluicegate.schemas.models import Event, RequestRejected, ResponseReady, TokenChunk
+from sluicegate.schemas.serde import AvroSerde
+from sluicegate.serving import openai_format as fmt
+from sluicegate.serving.idempotency import IdempotencyCache
+from sluicegate.serving.kafka_io import Journal, ReplyRouter
+from sluicegate.serving.metrics import BridgeMetrics
+
+from sluicegate.errors import BrokerError
+from sluicegate.settings import Settings
+
+log = logging.getLogger(__name__)
+
+TENANT_HEADER = "X-Sluicegate-Tenant"
+TIMEOUT_HEADER = "X-Sluicegate-Timeout"
+
+
+class OpenAIError(Exception):
+    """An answer in OpenAI's error format with its HTTP status."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        type_: str = "invalid_request_error",
+        param: str | None = None,
+        code: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.body = fmt.error_body(message, type_=type_, param=param, code=code)
+        self.headers = headers or {}
+
+    def response(self) -> web.Response:
+        return web.json_response(self.body, status=self.status, headers=self.headers)
+
+
+def _rejection_error(rejected: RequestRejected) -> OpenAIError:
+    headers = {}
+    if rejected.retry_after_s is not None:
+        headers["Retry-After"] = str(max(1, round(rejected.retry_after_s)))
+    return OpenAIError(
+        rejected.http_status,
+        rejected.message,
+        type_=rejected.error_type,
+        code=rejected.code,
+        headers=headers,
+    )
+
+
+@dataclass
+class _Waiter:
+    """Collects the events answering one request; `final` settles on the last one."""
+
+    stream: bool
+    final: asyncio.Future[Event]
+    chunks: asyncio.Queue[TokenChunk | RequestRejected] | None = None
+
+    def on_event(self, _request_id: str, event: Event) -> None:
+        if isinstance(event, TokenChunk):
+            if self.chunks is not None:
+                self.chunks.put_nowait(event)
+            return
+        if self.chunks is not None and isinstance(event, RequestRejected):
+            self.chunks.put_nowait(event)
+        if not self.final.done():
+            self.final.set_result(event)
+
+
+class Bridge:
+    """Holds the bridge's Kafka ends and serves the OpenAI routes."""
+
+    def __init__(self, *, settings: Settings, serde: AvroSerde) -> None:
+        self.settings = settings
+        self.serde = serde
+        self.instance_id = f"bridge-{uuid.uuid4().hex[:12]}"
+        self.metrics = BridgeMetrics()
+        self.idempotency = IdempotencyCache(
+            ttl_s=settings.bridge.idempotency_ttl_s,
+            max_entries=settings.bridge.idempotency_max_entries,
+        )
+        self.journal: Journal | None = None
+        self.router: ReplyRouter | None = None
+        self._requests_topic = settings.topic("requests")
+
+    async def start(self, _app: web.Application | None = None) -> None:
+        loop = asyncio.get_running_loop()
+        bootstrap = self.settings.kafka.bootstrap_servers
+        self.journal = Journal(bootstrap_servers=bootstrap, loop=loop)
+        self.router = ReplyRouter(
+            bootstrap_servers=bootstrap,
+            serde=self.serde,
+            loop=loop,
+            topics=[self.settings.topic("responses"), self.settings.topic("stream")],
+        )
+        await loop.run_in_executor(None, self.router.start)
+        self.serde.register_all()
+
+    async def stop(self, _app: web.Application | None = None) -> None:
+        loop = asyncio.get_running_loop()
+        if self.router is not None:
+            await loop.run_in_executor(None, self.router.close)
+        if self.journal is not None:
+            await loop.run_in_executor(None, self.journal.close)
+
+    def application(self) -> web.Application:
+        app = web.Application(
+            client_max_size=self.settings.bridge.max_body_bytes,
+            middlewares=[self._errors_middleware],
+        )
+        app.on_startup.append(self.start)
+        app.on_cleanup.append(self.stop)
+        app.router.add_post("/v1/chat/completions", self.chat_completions)
+        app.router.add_get("/v1/models", self.list_models)
+        app.router.add_get("/v1/models/{model}", self.get_model)
+        app.router.add_get("/healthz", self.healthz)
+        app.router.add_get("/readyz", self.readyz)
+        app.router.add_get("/metrics", self.metrics_page)
+        return app
+
+    # -- middleware ---------------------------------------------------------------------------
+
+    @web.middleware
+    async def _errors_middleware(
+        self,
+        request: web.Request,
+        handler: Callable[[web.Request], Awaitable[web.StreamResponse]],
+    ) -> web.StreamResponse:
+        endpoint = (
+            request.match_info.route.resource.canonical
+            if (request.match_info.route.resource is not None)
+            else "unmatched"
+        )
+        started = time.perf_counter()
+        try:
+            response = await handler(request)
+        except OpenAIError as error:
+            response = error.response()
+        except web.HTTPRequestEntityTooLarge as error:
+            response = OpenAIError(
+                413, f"Request body too large: {error.text}", code="request_too_large"
+            ).response()
+        except web.HTTPException as error:
+            if error.status < 400:
+                raise
+            response = OpenAIError(
+                error.status, error.reason or error.text or "error", type_="invalid_request_error"
+            ).response()
+        except Exception:
+            log.exception("unhandled error on %s", request.path)
+            response = OpenAIError(
+                500, "The server had an error processing your request.", type_="server_error"
+            ).response()
+        self.metrics.requests.labels(endpoint, str(response.status)).inc()
+        self.metrics.latency.labels(endpoint).observe(time.perf_counter() - started)
+        return response
+
+    # -- routes -------------------------------------------------------------------------------
+
+    async def healthz(self, _request: web.Request) -> web.Response:
+        return web.json_response({"status": "ok", "instance": self.instance_id})
+
+    async def readyz(self, _request: web.Request) -> web.Response:
+        journal = self.journal
+        loop = asyncio.get_running_loop()
+        ready = journal is not None and await loop.run_in_executor(None, journal.ready, 2.0)
+        return web.json_response({"ready": ready}, status=200 if ready else 503)
+
+    async def metrics_page(self, _request: web.Request) -> web.Response:
+        body = generate_latest(self.metrics.registry)
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    def _model_card(self, name: str) -> dict[str, Any]:
+        alias = self.settings.alias(name)
+        assert alias is not None
+        return {
+            "id": alias.name,
+            "object": "model",
+            "created": 0,
+            "owned_by": "sluicegate",
+            "description": alias.description,
+        }
+
+    async def list_models(self, _request: web.Request) -> web.Response:
+        data = [self._model_card(m.name) for m in self.settings.models]
+        return web.json_response({"object": "list", "data": data})
+
+    async def get_model(self, request: web.Request) -> web.Response:
+        name = request.match_info["model"]
+        if self.settings.alias(name) is None:
+            raise OpenAIError(404, f"The model `{name}` does not exist.", code="model_not_found")
+        return web.json_response(self._model_card(name))
+
+    async def chat_completions(self, request: web.Request) -> web.StreamResponse:
+        body = await self._json_body(request)
+        tenant = request.headers.get(TENANT_HEADER) or self.settings.bridge.default_tenant
+        timeout_s = self._timeout(request)
+        idempotency_key = request.headers.get("Idempotency-Key")
+        journal_event = self._parse(body, request, tenant, idempotency_key, timeout_s)
+        if isinstance(body.get("stream_options"), dict):
+            request["stream_options"] = body["stream_options"]
+        if self.settings.alias(journal_event.model) is None:
+            raise OpenAIError(
+                404,
+                f"The model `{journal_event.model}` does not exist.",
+                param="model",
+                code="model_not_found",
+            )
+        if idempotency_key:
+            first = self.idempotency.claim(tenant, idempotency_key)
+            if first is not None:
+                answer = await asyncio.wait_for(asyncio.shield(first), timeout_s)
+                self.metrics.idempotent_replays.inc()
+                return await self._replay(request, answer, journal_event.stream)
+        try:
+            answer_or_response = await self._run(request, journal_event, timeout_s)
+        except BaseException as error:
+            if idempotency_key:
+                self.idempotency.abandon(tenant, idempotency_key, error)
+            raise
+        if idempotency_key:
+            answer, _ = answer_or_response
+            self.idempotency.settle(tenant, idempotency_key, answer)
+        return answer_or_response[1]
+
+    # -- helpers ------------------------------------------------------------------------------
+
+    async def _json_body(self, request: web.Request) -> Any:
+        limit = self.settings.bridge.max_body_bytes
+        if request.content_length is not None and request.content_length > limit:
+            raise OpenAIError(
+                413,
+                f"Request body of {request.content_length} bytes exceeds the "
+                f"limit of {limit} bytes.",
+                code="request_too_large",
+            )
+        if request.content_type != "application/json":
+            raise OpenAIError(
+                415,
+                f"Content-Type must be application/json, got '{request.content_type}'.",
+                code="unsupported_media_type",
+            )
+        raw = await request.read()
+        try:
+            return json.loads(raw)
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise OpenAIError(
+                400, f"We could not parse the JSON body of your request: {exc}", code="invalid_json"
+            ) from exc
+
+    def _timeout(self, request: web.Request) -> float:
+        limit = self.settings.bridge.request_timeout_s
+        raw = request.headers.get(TIMEOUT_HEADER)
+        if raw is None:
+            return limit
+        try:
+            value = float(raw)
+        except ValueError:
+            raise OpenAIError(400, f"{TIMEOUT_HEADER} must be a number of seconds.") from None
+        if value <= 0:
+            raise OpenAIError(400, f"{TIMEOUT_HEADER} must be positive.")
+        return min(value, limit)
+
+    def _parse(
+        self,
+        body: Any,
+        request: web.Request,
+        tenant: str,
+        idempotency_key: str | None,
+        timeout_s: float,
+    ) -> Any:
+        authorization = request.headers.get("Authorization", "")
+        token = authorization.removeprefix("Bearer ").strip()
+        api_key_id = f"key-{hashlib.sha256(token.encode()).hexdigest()[:16]}" if token else None
+        try:
+            return fmt.parse_chat_request(
+                body,
+                event_id=new_event_id(),
+                occurred_at=now(),
+                tenant_id=tenant,
+                request_id=str(uuid.uuid4()),
+                trace_id=new_trace_id(),
+                span_id=new_span_id(),
+                producer=self.instance_id,
+                api_key_id=api_key_id,
+                reply_to=self.instance_id,
+                idempotency_key=idempotency_key,
+                deadline_ms=int((time.time() + timeout_s) * 1000),
+            )
+        except fmt.InvalidRequest as error:
+            raise OpenAIError(400, error.message, param=error.param, code=error.code) from error
+
+    async def _run(
+        self, request: web.Request, event: Any, timeout_s: float
+    ) -> tuple[Event, web.StreamResponse]:
+        assert self.journal is not None and self.router is not None
+        loop = asyncio.get_running_loop()
+        waiter = _Waiter(
+            stream=event.stream,
+            final=loop.create_future(),
+            chunks=asyncio.Queue() if event.stream else None,
+        )
+        self.router.listen(event.request_id, waiter.on_event)
+        self.metrics.in_flight.inc()
+        try:
+            try:
+                await self.journal.publish(
+                    self._requests_topic, event.tenant_id, self.serde.encode(event)
+                )
+            except BrokerError as error:
+                raise OpenAIError(
+                    503,
+                    f"The request could not be journaled: {error}",
+                    type_="server_error",
+                    code="journal_unavailable",
+                ) from error
+            deadline = loop.time() + timeout_s
+            if event.stream:
+                return await self._stream(request, waiter, deadline, event.request_id, timeout_s)
+            try:
+                answer = await asyncio.wait_for(waiter.final, timeout_s)
+            except TimeoutError:
+                raise self._timeout_error(event.request_id, timeout_s) from None
+            return answer, self._answer(answer)
+        finally:
+            self.metrics.in_flight.dec()
+            self.router.forget(event.request_id)
+
+    @staticmethod
+    def _timeout_error(request_id: str, timeout_s: float) -> OpenAIError:
+        return OpenAIError(
+            504,
+            f"No answer within {timeout_s:g}s; request {request_id} is "
+            "journaled and may still complete.",
+            type_="timeout",
+            code="gateway_timeout",
+        )
+
+    @staticmethod
+    def _answer(answer: Event) -> web.Response:
+        if isinstance(answer, RequestRejected):
+            return _rejection_error(answer).response()
+        assert isinstance(answer, ResponseReady)
+        return web.json_response(fmt.render_completion(answer))
+
+    async def _stream(
+        self,
+        request: web.Request,
+        waiter: _Waiter,
+        deadline: float,
+        request_id: str,
+        timeout_s: float,
+    ) -> tuple[Event, web.StreamResponse]:
+        """Relay TokenChunks as SSE; headers go out with the first chunk, so an early
+        rejection can still be a plain HTTP error."""
+        assert waiter.chunks is not None
+        loop = asyncio.get_running_loop()
+        include_usage = _include_usage(request)
+        response: web.StreamResponse | None = None
+        created = int(time.time())
+        while True:
+            try:
+                item = await asyncio.wait_for(waiter.chunks.get(), max(0.0, deadline - loop.time()))
+            except TimeoutError:
+                error = self._timeout_error(request_id, timeout_s)
+                if response is None:
+                    raise error from None
+                await _sse(response, error.body)
+                break
+            if isinstance(item, RequestRejected):
+                if response is None:
+                    raise _rejection_error(item)
+                await _sse(response, _rejection_error(item).body)
+                break
+            if response is None:
+                response = await _open_sse(request)
+            await _sse(response, fmt.render_chunk(item, created=created, first=item.index == 0))
+            if item.finish_reason is not None:
+                if include_usage and item.usage is not None:
+                    await _sse(response, fmt.render_usage_chunk(item, item.usage, created=created))
+                break
+        assert response is not None
+        await response.write(b"data: [DONE]\n\n")
+        await response.write_eof()
+        try:
+            answer = await asyncio.wait_for(waiter.final, max(0.0, deadline - loop.time()))
+        except TimeoutError:  # the chunks all arrived; the journal copy is late, not lost
+            answer = item
+        return answer, response
+
+    async def _replay(
+        self, request: web.Request, answer: Event, stream: bool
+    ) -> web.StreamResponse:
+        """Serve a stored answer again (Idempotency-Key), as JSON or as a one-chunk SSE stream."""
+        if not stream or not isinstance(answer, ResponseReady):
+            return self._answer(answer)
+        response = await _open_sse(request)
+        chunk = TokenChunk(
+            **{k: getattr(answer, k) for k in Event.model_fields},
+            index=0,
+            delta=answer.message.content or "",
+            finish_reason=answer.finish_reason,
+            usage=answer.usage,
+            model=answer.model,
+        )
+        await _sse(response, fmt.render_chunk(chunk, created=int(time.time()), first=True))
+        if _include_usage(request):
+            await _sse(
+                response, fmt.render_usage_chunk(chunk, answer.usage, created=int(time.time()))
+            )
+        await response.write(b"data: [DONE]\n\n")
+        await response.write_eof()
+        return response
+
+
+def _include_usage(request: web.Request) -> bool:
+    options = request.get("stream_options") or {}
+    return bool(options.get("include_usage"))
+
+
+async def _open_sse(request: web.Request) -> web.StreamResponse:
+    response = web.StreamResponse(
+        headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
+    )
+    await response.prepare(request)
+    return response
+
+
+async def _sse(response: web.StreamResponse, payload: dict[str, Any]) -> None:
+    await response.write(b"data: " + json.dumps(payload, separators=(",", ":")).encode() + b"\n\n")
+
+
+def create_bridge_app(settings: Settings, *, serde: AvroSerde) -> web.Application:
+    return Bridge(settings=settings, serde=serde).application()

@@ -1,0 +1,187 @@
+"""The bridge's two Kafka ends: the journal producer and the reply router.
+
+Both use confluent-kafka (librdkafka) with a background thread each, handing results to the
+event loop with `call_soon_threadsafe`, so the loop never blocks on the broker and per-request
+cost is one C-level produce plus a dict lookup on the way back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import uuid
+from collections.abc import Callable
+
+from confluent_kafka import OFFSET_END, Consumer, KafkaError, Message, Producer, TopicPartition
+from sluicegate.schemas.models import Event
+from sluicegate.schemas.serde import AvroSerde
+
+from sluicegate.errors import BrokerError
+
+log = logging.getLogger(__name__)
+
+
+class Journal:
+    """Idempotent, acks=all producer; `publish` resolves once the broker has the record."""
+
+    def __init__(self, *, bootstrap_servers: str, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._producer = Producer(
+            {
+                "bootstrap.servers": bootstrap_servers,
+                "enable.idempotence": True,
+                "acks": "all",
+                "linger.ms": 1,
+                "socket.nagle.disable": True,
+            }
+        )
+        self._running = True
+        self._thread = threading.Thread(target=self._poll, name="journal-poll", daemon=True)
+        self._thread.start()
+
+    def publish(self, topic: str, key: str, value: bytes) -> asyncio.Future[None]:
+        future: asyncio.Future[None] = self._loop.create_future()
+
+        def delivered(error: KafkaError | None, _message: Message) -> None:
+            self._loop.call_soon_threadsafe(_settle, future, error, topic)
+
+        try:
+            self._producer.produce(topic, key=key.encode(), value=value, on_delivery=delivered)
+        except BufferError as exc:
+            raise BrokerError(
+                "the journal's local queue is full", topic=topic, retriable=True
+            ) from exc
+        return future
+
+    def ready(self, timeout_s: float = 5.0) -> bool:
+        try:
+            self._producer.list_topics(timeout=timeout_s)
+            return True
+        except Exception:
+            return False
+
+    def close(self, timeout_s: float = 10.0) -> None:
+        self._producer.flush(timeout_s)
+        self._running = False
+        self._thread.join(timeout_s)
+
+    def _poll(self) -> None:
+        while self._running:
+            self._producer.poll(0.05)
+
+
+def _settle(future: asyncio.Future[None], error: KafkaError | None, topic: str) -> None:
+    if future.done():
+        return
+    if error is None:
+        future.set_result(None)
+    else:
+        future.set_exception(
+            BrokerError(
+                f"journal write failed: {error.str()}", topic=topic, retriable=error.retriable()
+            )
+        )
+
+
+Listener = Callable[[str, Event], None]
+
+
+class ReplyRouter:
+    """Reads sg.responses and sg.stream from their current end and routes events by request_id.
+
+    Partitions are assigned explicitly (no consumer group, nothing to rebalance), starting at
+    the high watermark read before `start` returns, so every answer to a request journaled
+    after start-up is seen. Only records whose key is awaited here are decoded.
+    """
+
+    def __init__(
+        self,
+        *,
+        bootstrap_servers: str,
+        topics: list[str],
+        serde: AvroSerde,
+        loop: asyncio.AbstractEventLoop,
+    ) -> None:
+        self._loop = loop
+        self._serde = serde
+        self._topics = topics
+        self._listeners: dict[str, Listener] = {}
+        self._consumer = Consumer(
+            {
+                "bootstrap.servers": bootstrap_servers,
+                "group.id": f"sluicegate-bridge-{uuid.uuid4()}",
+                "enable.auto.commit": False,
+                "fetch.wait.max.ms": 50,
+                "fetch.min.bytes": 1,
+                "socket.nagle.disable": True,
+            }
+        )
+        self._running = False
+        self._thread = threading.Thread(target=self._run, name="reply-router", daemon=True)
+
+    def start(self, timeout_s: float = 30.0) -> None:
+        metadata = self._consumer.list_topics(timeout=timeout_s)
+        partitions: list[TopicPartition] = []
+        for topic in self._topics:
+            if topic not in metadata.topics:
+                raise BrokerError(
+                    f"topic {topic} does not exist; run `sluicegate topics`", topic=topic
+                )
+            for partition in metadata.topics[topic].partitions:
+                _low, high = self._consumer.get_watermark_offsets(
+                    TopicPartition(topic, partition), timeout=timeout_s
+                )
+                partitions.append(
+                    TopicPartition(topic, partition, high if high >= 0 else OFFSET_END)
+                )
+        self._consumer.assign(partitions)
+        self._running = True
+        self._thread.start()
+
+    def listen(self, request_id: str, listener: Listener) -> None:
+        self._listeners[request_id] = listener
+
+    def forget(self, request_id: str) -> None:
+        self._listeners.pop(request_id, None)
+
+    def close(self) -> None:
+        self._running = False
+        if self._thread.is_alive():
+            self._thread.join(5)
+        self._consumer.close()
+
+    def _run(self) -> None:
+        while self._running:
+            # consume() waits for the whole batch or the timeout, so block on one record only
+            # and then drain whatever else is already fetched.
+            first = self._consumer.poll(0.1)
+            if first is None:
+                continue
+            messages = [first, *self._consumer.consume(num_messages=500, timeout=0)]
+            wanted: list[tuple[Listener, Event]] = []
+            for message in messages:
+                if message.error():
+                    if message.error().code() != KafkaError._PARTITION_EOF:
+                        log.warning("reply router: %s", message.error())
+                    continue
+                key = message.key()
+                listener = self._listeners.get(key.decode()) if key else None
+                if listener is None:
+                    continue
+                try:
+                    wanted.append((listener, self._serde.decode(message.value())))
+                except Exception:
+                    log.exception(
+                        "reply router: undecodable record at %s[%s]@%s",
+                        message.topic(),
+                        message.partition(),
+                        message.offset(),
+                    )
+            if wanted:
+                self._loop.call_soon_threadsafe(_deliver, wanted)
+
+
+def _deliver(batch: list[tuple[Listener, Event]]) -> None:
+    for listener, event in batch:
+        listener(event.request_id, event)

@@ -1,0 +1,1 @@
+"""sluicegate: an event-sourced AI gateway on Kafka."""

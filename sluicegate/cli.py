@@ -1,0 +1,289 @@
+"""`sluicegate`: run the pipeline on embedded defaults and look at its topics.
+
+sluicegate up          broker (if needed), topics, worker and bridge; Ctrl-C stops them
+sluicegate down        stop what `up` started, and the local broker
+sluicegate worker      the Faust worker alone
+sluicegate bridge      the HTTP bridge alone
+sluicegate topics      create missing topics and list the catalogue
+sluicegate send FILE   publish a RequestReceived from an OpenAI-style JSON body
+sluicegate tail TOPIC  decode a topic's Avro records to JSON lines
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+from sluicegate.settings import Settings
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+KAFKA_SCRIPT = REPO_ROOT / "infra" / "kafka" / "kafka.sh"
+
+
+def _state_dir() -> Path:
+    path = Path(os.environ.get("SLUICEGATE_HOME", Path.home() / ".sluicegate"))
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def start_broker(settings: Settings) -> str:
+    """Start the local jar broker (a no-op when it runs already); return its bootstrap address."""
+    port = settings.kafka.bootstrap_servers.rsplit(":", 1)[-1]
+    env = {**os.environ, "SLUICEGATE_KAFKA_PORT": port}
+    out = subprocess.run(
+        ["bash", str(KAFKA_SCRIPT), "start"], check=True, env=env, capture_output=True, text=True
+    )
+    return out.stdout.strip().splitlines()[-1]
+
+
+def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
+    if not args.no_broker:
+        print(f"broker: {start_broker(settings)}", flush=True)
+    from sluicegate.streams.topics import ensure_topics
+
+    created = ensure_topics(settings)
+    print(f"topics: {len(created)} created", flush=True)
+    pids = _state_dir() / "up.pids"
+    children = [
+        subprocess.Popen([sys.executable, "-m", "sluicegate.cli", name])
+        for name in ("worker", "bridge")
+    ]
+    pids.write_text("\n".join(str(c.pid) for c in children))
+    url = f"http://{settings.bridge.host}:{settings.bridge.port}"
+    model = settings.models[0].name
+    if not _wait_ready(f"{url}/readyz", children, timeout_s=120):
+        _stop(children)
+        print("sluicegate did not become ready; see the output above", file=sys.stderr)
+        return 1
+    print(f"\nsluicegate is up at {url}/v1  (models: {', '.join(m.name for m in settings.models)})")
+    print(
+        "try:\n  curl -s " + url + "/v1/chat/completions -H 'Content-Type: application/json' "
+        f'-d \'{{"model": "{model}", "messages": [{{"role": "user", "content": '
+        '"Say hello in five words."}]}\'\n',
+        flush=True,
+    )
+    if args.detach:
+        return 0
+    try:
+        while all(c.poll() is None for c in children):
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        pass
+    _stop(children)
+    pids.unlink(missing_ok=True)
+    return 0
+
+
+def _wait_ready(url: str, children: list[subprocess.Popen[bytes]], timeout_s: float) -> bool:
+    import urllib.request
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if any(c.poll() is not None for c in children):
+            return False
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                if response.status == 200:
+                    return True
+        except OSError:
+            pass
+        time.sleep(0.5)
+    return False
+
+
+def _stop(children: list[subprocess.Popen[bytes]]) -> None:
+    for child in children:
+        if child.poll() is None:
+            child.send_signal(signal.SIGTERM)
+    for child in children:
+        try:
+            child.wait(30)
+        except subprocess.TimeoutExpired:
+            child.kill()
+
+
+def cmd_down(settings: Settings, args: argparse.Namespace) -> int:
+    pids = _state_dir() / "up.pids"
+    if pids.exists():
+        for pid in pids.read_text().split():
+            try:
+                os.kill(int(pid), signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+        pids.unlink()
+    if not args.keep_broker:
+        subprocess.run(["bash", str(KAFKA_SCRIPT), "stop"], check=False)
+    return 0
+
+
+def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
+    from sluicegate.streams.worker import run_worker
+
+    sys.argv = [sys.argv[0], "worker"]  # faust.Worker reads argv
+    run_worker(settings)
+    return 0
+
+
+def cmd_bridge(settings: Settings, args: argparse.Namespace) -> int:
+    from sluicegate.serving.server import run_bridge
+
+    run_bridge(settings)
+    return 0
+
+
+def cmd_topics(settings: Settings, args: argparse.Namespace) -> int:
+    from sluicegate.streams.topics import catalogue, ensure_topics
+
+    created = set(ensure_topics(settings))
+    for spec in catalogue(settings):
+        mark = "created" if spec.name in created else "exists"
+        print(
+            f"{spec.name:32} {mark:8} key={spec.key:12} cleanup={spec.cleanup} "
+            f"events={','.join(spec.events)}"
+        )
+    return 0
+
+
+def cmd_send(settings: Settings, args: argparse.Namespace) -> int:
+    from confluent_kafka import Producer
+
+    from sluicegate.processors.envelope import new_event_id, new_span_id, new_trace_id, now
+    from sluicegate.serving.openai_format import InvalidRequest, parse_chat_request
+    from sluicegate.connectors.schema_registry import build_serde
+
+    body = json.loads(Path(args.file).read_text())
+    try:
+        event = parse_chat_request(
+            body,
+            event_id=new_event_id(),
+            occurred_at=now(),
+            tenant_id=args.tenant,
+            request_id=str(uuid.uuid4()),
+            trace_id=new_trace_id(),
+            span_id=new_span_id(),
+            producer="cli",
+        )
+    except InvalidRequest as error:
+        print(f"invalid request: {error.message}", file=sys.stderr)
+        return 2
+    serde = build_serde(settings)
+    producer = Producer(
+        {
+            "bootstrap.servers": settings.kafka.bootstrap_servers,
+            "enable.idempotence": True,
+            "acks": "all",
+        }
+    )
+    producer.produce(
+        settings.topic("requests"), key=event.tenant_id.encode(), value=serde.encode(event)
+    )
+    if producer.flush(30) != 0:
+        print("could not deliver the event", file=sys.stderr)
+        return 1
+    print(json.dumps({"request_id": event.request_id, "topic": settings.topic("requests")}))
+    return 0
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    return str(value)
+
+
+def cmd_tail(settings: Settings, args: argparse.Namespace) -> int:
+    from confluent_kafka import Consumer, TopicPartition
+
+    from sluicegate.connectors.schema_registry import build_serde
+
+    topic = args.topic if "." in args.topic else settings.topic(args.topic)
+    serde = build_serde(settings)
+    consumer = Consumer(
+        {
+            "bootstrap.servers": settings.kafka.bootstrap_servers,
+            "group.id": f"sluicegate-tail-{uuid.uuid4()}",
+            "enable.auto.commit": False,
+        }
+    )
+    metadata = consumer.list_topics(topic, timeout=10).topics.get(topic)
+    if metadata is None or metadata.error is not None:
+        print(f"no topic {topic}", file=sys.stderr)
+        return 2
+    start = -2 if args.from_beginning else -1  # OFFSET_BEGINNING / OFFSET_END
+    consumer.assign([TopicPartition(topic, p, start) for p in metadata.partitions])
+    shown = 0
+    idle_since = time.monotonic()
+    try:
+        while args.limit is None or shown < args.limit:
+            message = consumer.poll(0.5)
+            if message is None:
+                if args.idle_exit and time.monotonic() - idle_since > args.idle_exit:
+                    break
+                continue
+            idle_since = time.monotonic()
+            if message.error():
+                continue
+            try:
+                event = serde.decode(message.value())
+                record = {"_event": type(event).__name__, **event.model_dump(mode="json")}
+            except Exception as error:
+                record = {"_undecodable": str(error)}
+            record["_offset"] = f"{message.topic()}[{message.partition()}]@{message.offset()}"
+            print(json.dumps(record, default=_jsonable), flush=True)
+            shown += 1
+    except KeyboardInterrupt:
+        pass
+    finally:
+        consumer.close()
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    root = argparse.ArgumentParser(
+        prog="sluicegate", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    sub = root.add_subparsers(dest="command", required=True)
+    up = sub.add_parser("up", help="run everything on embedded defaults")
+    up.add_argument("--no-broker", action="store_true", help="use SLUICEGATE_KAFKA__... as is")
+    up.add_argument("--detach", action="store_true", help="return once ready; `down` stops")
+    down = sub.add_parser("down", help="stop what `up` started")
+    down.add_argument("--keep-broker", action="store_true")
+    sub.add_parser("worker", help="run the Faust worker")
+    sub.add_parser("bridge", help="run the HTTP bridge")
+    sub.add_parser("topics", help="create missing topics, list the catalogue")
+    send = sub.add_parser("send", help="publish a request event from a JSON body")
+    send.add_argument("file")
+    send.add_argument("--tenant", default="default")
+    tail = sub.add_parser("tail", help="print a topic's events as JSON lines")
+    tail.add_argument("topic", help="catalogue name (responses) or full name (sg.responses)")
+    tail.add_argument("--from-beginning", action="store_true")
+    tail.add_argument("--limit", type=int)
+    tail.add_argument("--idle-exit", type=float, help="stop after this many idle seconds")
+    return root
+
+
+COMMANDS = {
+    "up": cmd_up,
+    "down": cmd_down,
+    "worker": cmd_worker,
+    "bridge": cmd_bridge,
+    "topics": cmd_topics,
+    "send": cmd_send,
+    "tail": cmd_tail,
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    return COMMANDS[args.command](Settings(), args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,69 @@
+"""The sluicegate exception tree, in one place so callers can catch at the right depth.
+
+    SluicegateError                      root of everything raised on purpose
+    ├── ConfigurationError               bad settings or catalogue; fail at start-up
+    ├── SchemaError                      the event contract was violated
+    │   ├── UnknownSchemaError           a wire record names a schema id nobody registered
+    │   └── SerializationError           bytes that are not a valid record (magic byte, Avro)
+    ├── RegistryError                    the schema registry refused or was unreachable
+    ├── BrokerError                      Kafka refused or timed out (topic, retriable)
+    └── BackendError                     an inference backend failed (error_class, status_code,
+                                         retriable, retry_after_s) — mapped to InferenceFailed
+
+Flow-control signals are not errors: an event that cannot be processed is dead-lettered (see
+`streams/dlq.py`) and the stream moves on.
+"""
+
+from __future__ import annotations
+
+
+class SluicegateError(Exception):
+    """Root of every exception sluicegate raises on purpose."""
+
+
+class ConfigurationError(SluicegateError):
+    """The settings or the model catalogue are inconsistent."""
+
+
+class SchemaError(SluicegateError):
+    """The event contract was violated."""
+
+
+class UnknownSchemaError(SchemaError):
+    def __init__(self, schema_id: int) -> None:
+        super().__init__(f"schema id {schema_id} is not registered")
+        self.schema_id = schema_id
+
+
+class SerializationError(SchemaError):
+    """Bytes that do not decode as a record of the contract."""
+
+
+class RegistryError(SluicegateError):
+    """The schema registry refused a schema or could not be reached."""
+
+
+class BrokerError(SluicegateError):
+    def __init__(self, message: str, *, topic: str | None = None, retriable: bool = False) -> None:
+        super().__init__(message)
+        self.topic = topic
+        self.retriable = retriable
+
+
+class BackendError(SluicegateError):
+    """An inference backend failed; `error_class` is the routing-relevant classification."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        error_class: str,
+        status_code: int | None = None,
+        retriable: bool = False,
+        retry_after_s: float | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.error_class = error_class
+        self.status_code = status_code
+        self.retriable = retriable
+        self.retry_after_s = retry_after_s

@@ -1,0 +1,120 @@
+"""The topic catalogue: every topic sluicegate uses, with its key, partitions and retention.
+
+One list, used by `sluicegate topics`, the worker at start-up and the tests, so a topic is never
+created with settings that differ between processes. See docs/architecture.md for the flow.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from confluent_kafka import KafkaException
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from sluicegate.errors import BrokerError
+from sluicegate.settings import Settings
+
+DAY_MS = 24 * 3600 * 1000
+FOREVER = -1
+
+
+@dataclass(frozen=True, slots=True)
+class TopicSpec:
+    name: str
+    key: str
+    events: tuple[str, ...]
+    retention_ms: int = 7 * DAY_MS
+    cleanup: str = "delete"
+    partitions: int | None = None  # None: the configured default
+    dlq: bool = False  # consumed by an agent, so it has a `.dlq` sibling
+
+    def config(self) -> dict[str, str]:
+        config = {"cleanup.policy": self.cleanup}
+        if self.cleanup == "delete":
+            config["retention.ms"] = str(self.retention_ms)
+        return config
+
+
+def catalogue(settings: Settings) -> list[TopicSpec]:
+    """Every topic, with names prefixed as configured."""
+    t = settings.topic
+    specs = [
+        TopicSpec(t("requests"), "tenant_id", ("RequestReceived",), 90 * DAY_MS, dlq=True),
+        TopicSpec(t("admitted"), "tenant_id", ("RequestAdmitted", "RequestRejected")),
+        TopicSpec(t("enriched"), "tenant_id", ("RequestEnriched",)),
+        TopicSpec(t("inference.results"), "request_id", ("InferenceResult", "InferenceFailed")),
+        TopicSpec(t("responses"), "request_id", ("ResponseReady", "RequestRejected"), 90 * DAY_MS),
+        TopicSpec(t("stream"), "request_id", ("TokenChunk",), 1 * DAY_MS),
+        TopicSpec(t("traces"), "trace_id", ("Span",), 30 * DAY_MS),
+        TopicSpec(t("cost"), "tenant_id", ("CostEntry",), 400 * DAY_MS),
+        TopicSpec(t("documents"), "doc_id", ("DocumentSubmitted",), 30 * DAY_MS),
+        TopicSpec(t("chunks"), "doc_id", ("ChunkCreated",), 30 * DAY_MS),
+        TopicSpec(t("embeddings"), "doc_id", ("ChunkEmbedded",), 30 * DAY_MS),
+        TopicSpec(t("prompts"), "prompt_name", ("PromptVersionPublished",), cleanup="compact"),
+        TopicSpec(t("evals"), "run_id", ("EvalCaseResult", "EvalRunCompleted"), 90 * DAY_MS),
+        TopicSpec(t("drift"), "metric", ("DriftDetected",), 90 * DAY_MS),
+        TopicSpec(t("audit"), "tenant_id", ("AuditRecord",), FOREVER),
+        TopicSpec(t("_schemas"), "schema_id", (), cleanup="compact", partitions=1),
+    ]
+    specs += [
+        TopicSpec(t(f"inference.{pool}"), "request_id", ("InferenceTask",), dlq=True)
+        for pool in settings.pools
+    ]
+    specs += [
+        TopicSpec(f"{spec.name}.dlq", "original key", ("DeadLetter",), 30 * DAY_MS)
+        for spec in list(specs)
+        if spec.dlq
+    ]
+    return specs
+
+
+def ensure_topics(settings: Settings, *, timeout_s: float = 30.0) -> list[str]:
+    """Create every missing catalogue topic; return the names created. Safe to call again."""
+    admin = AdminClient({"bootstrap.servers": settings.kafka.bootstrap_servers})
+    try:
+        existing = set(admin.list_topics(timeout=timeout_s).topics)
+    except KafkaException as exc:
+        raise BrokerError(f"cannot list topics: {exc}", retriable=True) from exc
+    wanted = [
+        NewTopic(
+            spec.name,
+            num_partitions=spec.partitions or settings.kafka.default_partitions,
+            replication_factor=settings.kafka.replication_factor,
+            config=spec.config(),
+        )
+        for spec in catalogue(settings)
+        if spec.name not in existing
+    ]
+    if not wanted:
+        return []
+    created = []
+    for name, future in admin.create_topics(wanted, request_timeout=timeout_s).items():
+        try:
+            future.result()
+            created.append(name)
+        except KafkaException as exc:
+            if "TOPIC_ALREADY_EXISTS" not in str(exc):  # a concurrent creator won the race
+                raise BrokerError(f"cannot create {name}: {exc}", topic=name) from exc
+    _wait_for_leaders(admin, created, timeout_s)
+    return created
+
+
+def _wait_for_leaders(admin: AdminClient, names: list[str], timeout_s: float) -> None:
+    """Creation returns before every partition has a leader; clients that start right after
+    (the registry reads its topic at once) would see NOT_LEADER errors."""
+    deadline = time.monotonic() + timeout_s
+    pending = set(names)
+    while pending:
+        topics = admin.list_topics(timeout=timeout_s).topics
+        pending = {
+            name
+            for name in pending
+            if name not in topics
+            or topics[name].error is not None
+            or any(p.leader < 0 for p in topics[name].partitions.values())
+        }
+        if pending and time.monotonic() > deadline:
+            raise BrokerError(f"topics without leaders after {timeout_s}s: {sorted(pending)}")
+        if pending:
+            time.sleep(0.1)

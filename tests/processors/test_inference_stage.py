@@ -1,0 +1,109 @@
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+
+import pytest
+
+from sluicegate.connectors.ports import Completion, Delta
+from sluicegate.errors import BackendError
+from sluicegate.processors.inference import InferenceStage
+from sluicegate.schemas.models import (
+    InferenceFailed,
+    InferenceResult,
+    InferenceTask,
+    RequestRejected,
+    ResponseReady,
+    TokenChunk,
+)
+from tests.builders import task
+
+pytestmark = pytest.mark.unit
+
+
+class ScriptedBackend:
+    def __init__(self, *, words: list[str], error: BackendError | None = None) -> None:
+        self.words = words
+        self.error = error
+        self.calls = 0
+
+    async def complete(self, task: InferenceTask) -> Completion:
+        self.calls += 1
+        if self.error:
+            raise self.error
+        return Completion(text=" ".join(self.words), finish_reason="stop", prompt_tokens=3,
+                          completion_tokens=len(self.words), provider_model="scripted")
+
+    async def stream(self, task: InferenceTask) -> AsyncIterator[Delta]:
+        self.calls += 1
+        for word in self.words:
+            yield Delta(text=word)
+        if self.error:
+            raise self.error
+        yield Delta(text="", finish_reason="stop", prompt_tokens=3,
+                    completion_tokens=len(self.words), provider_model="scripted")
+
+    async def aclose(self) -> None:
+        return None
+
+
+async def collect(stage: InferenceStage, t: InferenceTask) -> list:
+    return [emit async for emit in stage.run(t)]
+
+
+async def test_completion_becomes_response_result_and_span() -> None:
+    backend = ScriptedBackend(words=["hello", "there"])
+    emits = await collect(InferenceStage(backends={"local-smollm2": backend}), task())
+    assert [e.topic for e in emits] == ["responses", "inference.results", "traces"]
+    response, result = emits[0].event, emits[1].event
+    assert isinstance(response, ResponseReady) and isinstance(result, InferenceResult)
+    assert response.message.content == "hello there"
+    assert response.usage.total_tokens == 5 and result.usage == response.usage
+    assert response.request_id == emits[0].key
+
+
+async def test_streaming_emits_ordered_chunks_then_a_final_chunk_and_the_response() -> None:
+    backend = ScriptedBackend(words=["a", "b", "c"])
+    emits = await collect(InferenceStage(backends={"local-smollm2": backend}), task(stream=True))
+    chunks = [e.event for e in emits if e.topic == "stream"]
+    assert all(isinstance(c, TokenChunk) for c in chunks)
+    assert [c.index for c in chunks] == [0, 1, 2, 3]
+    assert [c.delta for c in chunks] == ["a", "b", "c", ""]
+    assert chunks[-1].finish_reason == "stop" and chunks[-1].usage.completion_tokens == 3
+    response = next(e.event for e in emits if e.topic == "responses")
+    assert response.message.content == "abc"
+    assert emits.index(next(e for e in emits if e.topic == "responses")) > 3
+
+
+async def test_backend_failure_answers_the_caller_with_a_mapped_error() -> None:
+    error = BackendError("slow down", error_class="rate_limited", status_code=429,
+                         retriable=True, retry_after_s=2.0)
+    emits = await collect(
+        InferenceStage(backends={"local-smollm2": ScriptedBackend(words=[], error=error)}), task())
+    rejected, failed = emits[0].event, emits[1].event
+    assert isinstance(rejected, RequestRejected) and isinstance(failed, InferenceFailed)
+    assert (rejected.http_status, rejected.error_type, rejected.retry_after_s) == (
+        429, "rate_limit_error", 2.0)
+    assert failed.error_class == "rate_limited" and failed.retriable
+
+
+async def test_failure_mid_stream_still_answers() -> None:
+    error = BackendError("boom", error_class="server_error", status_code=500, retriable=True)
+    backend = ScriptedBackend(words=["a"], error=error)
+    emits = await collect(InferenceStage(backends={"local-smollm2": backend}), task(stream=True))
+    assert [e.topic for e in emits] == ["stream", "responses", "inference.results", "traces"]
+    assert emits[1].event.http_status == 502
+
+
+async def test_expired_deadline_skips_the_backend() -> None:
+    backend = ScriptedBackend(words=["x"])
+    past = int(time.time() * 1000) - 1
+    emits = await collect(InferenceStage(backends={"local-smollm2": backend}),
+                          task(deadline_ms=past))
+    assert backend.calls == 0
+    assert emits[1].event.error_class == "timeout"
+
+
+async def test_unknown_deployment_is_answered_not_dropped() -> None:
+    emits = await collect(InferenceStage(backends={}), task("ghost"))
+    assert emits[0].event.code == "unavailable" and emits[0].event.http_status == 502

@@ -11,12 +11,20 @@ from __future__ import annotations
 import hashlib
 import json
 import threading
+import time
 
-from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 
 from sluicegate.errors import RegistryError, UnknownSchemaError
 from sluicegate.schemas.serde import AvroSerde
 from sluicegate.settings import RegistrySettings, Settings
+
+
+_LEADERSHIP_ERRORS = {
+    KafkaError.NOT_LEADER_FOR_PARTITION,
+    KafkaError.LEADER_NOT_AVAILABLE,
+    KafkaError.UNKNOWN_TOPIC_OR_PART,
+}
 
 
 def normalized(schema: str) -> str:
@@ -97,6 +105,21 @@ class EmbeddedSchemaRegistry:
     def close(self) -> None:
         self._producer.flush(self._timeout_s)
 
+    def _watermarks(self, consumer: Consumer) -> tuple[int, int]:
+        """Retry retriable errors: a freshly created topic may not have a ready leader yet."""
+        deadline = time.monotonic() + self._timeout_s
+        while True:
+            try:
+                return consumer.get_watermark_offsets(
+                    TopicPartition(self._topic, 0), timeout=self._timeout_s
+                )
+            except KafkaException as exc:
+                error = exc.args[0]
+                transient = error.retriable() or error.code() in _LEADERSHIP_ERRORS
+                if not transient or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)
+
     def _load(self) -> None:
         """Read the topic from the beginning to its end; later records win (compaction order)."""
         consumer = Consumer(
@@ -108,9 +131,7 @@ class EmbeddedSchemaRegistry:
             }
         )
         try:
-            low, high = consumer.get_watermark_offsets(
-                TopicPartition(self._topic, 0), timeout=self._timeout_s
-            )
+            low, high = self._watermarks(consumer)
             if high <= low:
                 return
             consumer.assign([TopicPartition(self._topic, 0, low)])
@@ -121,7 +142,7 @@ class EmbeddedSchemaRegistry:
                 if message is None:
                     raise RegistryError(f"timed out reading {self._topic} at offset {position}")
                 if message.error():
-                    if message.error().code() == -191:  # _PARTITION_EOF
+                    if message.error().code() == KafkaError._PARTITION_EOF:
                         break
                     raise RegistryError(str(message.error()))
                 entry = json.loads(message.value())

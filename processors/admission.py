@@ -18,7 +18,6 @@ from sluicegate.schemas.models import (
     RequestRejected,
     Span,
 )
-
 from sluicegate.settings import Settings
 
 PRODUCER = "admission"

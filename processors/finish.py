@@ -10,6 +10,7 @@ from __future__ import annotations
 from datetime import datetime
 
 from sluicegate.connectors.ports import Completion
+from sluicegate.errors import BackendError
 from sluicegate.processors.envelope import Emit, child_envelope, now, sibling_envelope
 from sluicegate.schemas.models import (
     ChatMessage,
@@ -22,8 +23,6 @@ from sluicegate.schemas.models import (
     TokenChunk,
     TokenUsage,
 )
-
-from sluicegate.errors import BackendError
 
 PRODUCER = "inference"
 

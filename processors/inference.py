@@ -10,11 +10,10 @@ import time
 from collections.abc import AsyncIterator, Callable, Mapping
 
 from sluicegate.connectors.ports import Completion, InferenceBackend
+from sluicegate.errors import BackendError
 from sluicegate.processors.envelope import Emit, now
 from sluicegate.processors.finish import Finisher
 from sluicegate.schemas.models import InferenceTask, TokenUsage
-
-from sluicegate.errors import BackendError
 
 
 class InferenceStage:

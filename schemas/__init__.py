@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import fastavro
+
 from sluicegate.schemas.models import EVENT_MODELS, AvroRecord, Event
 
 AVRO_DIR = Path(__file__).with_name("avro")

@@ -14,11 +14,11 @@ import struct
 from typing import Any, TypeVar
 
 import fastavro
+
 from sluicegate.connectors.ports import SchemaRegistry
+from sluicegate.errors import SerializationError, UnknownSchemaError
 from sluicegate.schemas import EVENT_MODELS, parsed_schema, schema_text
 from sluicegate.schemas.models import Event
-
-from sluicegate.errors import SerializationError, UnknownSchemaError
 
 MAGIC = 0
 _HEADER = struct.Struct(">bI")

@@ -20,6 +20,8 @@ from typing import Any
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from sluicegate.errors import BrokerError
 from sluicegate.processors.envelope import new_event_id, new_span_id, new_trace_id, now
 from sluicegate.schemas.models import Event, RequestRejected, ResponseReady, TokenChunk
 from sluicegate.schemas.serde import AvroSerde
@@ -27,8 +29,6 @@ from sluicegate.serving import openai_format as fmt
 from sluicegate.serving.idempotency import IdempotencyCache
 from sluicegate.serving.kafka_io import Journal, ReplyRouter
 from sluicegate.serving.metrics import BridgeMetrics
-
-from sluicegate.errors import BrokerError
 from sluicegate.settings import Settings
 
 log = logging.getLogger(__name__)

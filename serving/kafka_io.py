@@ -14,10 +14,10 @@ import uuid
 from collections.abc import Callable
 
 from confluent_kafka import OFFSET_END, Consumer, KafkaError, Message, Producer, TopicPartition
-from sluicegate.schemas.models import Event
-from sluicegate.schemas.serde import AvroSerde
 
 from sluicegate.errors import BrokerError
+from sluicegate.schemas.models import Event
+from sluicegate.schemas.serde import AvroSerde
 
 log = logging.getLogger(__name__)
 

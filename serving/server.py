@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from aiohttp import web
-from sluicegate.serving.bridge import create_bridge_app
-from sluicegate.streams.topics import ensure_topics
-from sluicegate.connectors.schema_registry import build_serde
 
+from sluicegate.connectors.schema_registry import build_serde
+from sluicegate.serving.bridge import create_bridge_app
 from sluicegate.settings import Settings
+from sluicegate.streams.topics import ensure_topics
 
 
 def run_bridge(settings: Settings) -> None:

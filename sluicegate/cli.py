@@ -155,9 +155,9 @@ def cmd_topics(settings: Settings, args: argparse.Namespace) -> int:
 def cmd_send(settings: Settings, args: argparse.Namespace) -> int:
     from confluent_kafka import Producer
 
+    from sluicegate.connectors.schema_registry import build_serde
     from sluicegate.processors.envelope import new_event_id, new_span_id, new_trace_id, now
     from sluicegate.serving.openai_format import InvalidRequest, parse_chat_request
-    from sluicegate.connectors.schema_registry import build_serde
 
     body = json.loads(Path(args.file).read_text())
     try:

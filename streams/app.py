@@ -14,15 +14,15 @@ from typing import Any
 
 import faust
 from faust.types import EventT
+
 from sluicegate.connectors.ports import InferenceBackend
 from sluicegate.processors.admission import Admission
 from sluicegate.processors.envelope import Emit
 from sluicegate.processors.inference import InferenceStage
 from sluicegate.schemas.models import Event, InferenceTask, RequestReceived
 from sluicegate.schemas.serde import AvroSerde
-from sluicegate.streams.dlq import dead_letter
-
 from sluicegate.settings import Settings
+from sluicegate.streams.dlq import dead_letter
 
 log = logging.getLogger(__name__)
 

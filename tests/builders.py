@@ -22,7 +22,9 @@ def envelope(**overrides: Any) -> dict[str, Any]:
     return {**base, **overrides}
 
 
-def request(model: str = "smollm2-135m", *, stream: bool = False, **overrides: Any) -> RequestReceived:
+def request(
+    model: str = "smollm2-135m", *, stream: bool = False, **overrides: Any
+) -> RequestReceived:
     return RequestReceived(
         **envelope(**overrides),
         model=model,
@@ -32,8 +34,9 @@ def request(model: str = "smollm2-135m", *, stream: bool = False, **overrides: A
     )
 
 
-def task(deployment: str = "local-smollm2", *, stream: bool = False,
-         deadline_ms: int | None = None) -> InferenceTask:
+def task(
+    deployment: str = "local-smollm2", *, stream: bool = False, deadline_ms: int | None = None
+) -> InferenceTask:
     return InferenceTask(
         **envelope(),
         model="smollm2-135m",

@@ -72,27 +72,48 @@ def blackhole() -> Iterator[Blackhole]:
 
 
 @pytest.fixture(scope="session")
-def settings(kafka_bootstrap: str, upstream, blackhole: Blackhole,
-             tmp_path_factory: pytest.TempPathFactory) -> Settings:
+def settings(
+    kafka_bootstrap: str, upstream, blackhole: Blackhole, tmp_path_factory: pytest.TempPathFactory
+) -> Settings:
     run = uuid.uuid4().hex[:8]
     return Settings(
         kafka=KafkaSettings(bootstrap_servers=kafka_bootstrap, topic_prefix=f"t{run}."),
         bridge=BridgeSettings(port=free_port(), request_timeout_s=60),
-        worker=WorkerSettings(app_id=f"sluicegate-test-{run}", inference_concurrency=8,
-                              data_dir=tmp_path_factory.mktemp("worker")),
+        worker=WorkerSettings(
+            app_id=f"sluicegate-test-{run}",
+            inference_concurrency=8,
+            data_dir=tmp_path_factory.mktemp("worker"),
+        ),
         deployments=[
-            Deployment(name="fake", backend="openai", provider_model="fake-model",
-                       base_url=upstream.base_url, api_key_env="SLUICEGATE_TEST_KEY"),
-            Deployment(name="hole", backend="openai", provider_model="hole", pool="slow",
-                       base_url=blackhole.url, timeout_s=30),
-            Deployment(name="local-smollm2", backend="llamacpp",
-                       provider_model="SmolLM2-135M-Instruct.Q4_1"),
+            Deployment(
+                name="fake",
+                backend="openai",
+                provider_model="fake-model",
+                base_url=upstream.base_url,
+                api_key_env="SLUICEGATE_TEST_KEY",
+            ),
+            Deployment(
+                name="hole",
+                backend="openai",
+                provider_model="hole",
+                pool="slow",
+                base_url=blackhole.url,
+                timeout_s=30,
+            ),
+            Deployment(
+                name="local-smollm2",
+                backend="llamacpp",
+                provider_model="SmolLM2-135M-Instruct.Q4_1",
+            ),
         ],
         models=[
             ModelAlias(name="gpt-fake", deployments=["fake"], description="fake upstream"),
             ModelAlias(name="blackhole", deployments=["hole"], description="never answers"),
-            ModelAlias(name="smollm2-135m", deployments=["local-smollm2"],
-                       description="SmolLM2-135M on llama.cpp"),
+            ModelAlias(
+                name="smollm2-135m",
+                deployments=["local-smollm2"],
+                description="SmolLM2-135M on llama.cpp",
+            ),
         ],
     )
 
@@ -106,8 +127,13 @@ def topics(settings: Settings) -> list[str]:
 
 def _spawn(command: str, settings: Settings, log: Path) -> subprocess.Popen[bytes]:
     env = {**os.environ, **settings_env(settings), "SLUICEGATE_TEST_KEY": "sk-test"}
-    return subprocess.Popen([sys.executable, "-m", "sluicegate.cli", command], env=env,
-                            stdout=log.open("wb"), stderr=subprocess.STDOUT, cwd=REPO_ROOT)
+    return subprocess.Popen(
+        [sys.executable, "-m", "sluicegate.cli", command],
+        env=env,
+        stdout=log.open("wb"),
+        stderr=subprocess.STDOUT,
+        cwd=REPO_ROOT,
+    )
 
 
 def _stop(process: subprocess.Popen[bytes]) -> None:
@@ -130,9 +156,11 @@ def _wait_for_group(settings: Settings, process: subprocess.Popen[bytes], log: P
             raise RuntimeError(f"worker exited:\n{log.read_text()[-4000:]}")
         try:
             group = admin.describe_consumer_groups([settings.worker.app_id])[
-                settings.worker.app_id].result(5)
+                settings.worker.app_id
+            ].result(5)
             if group.state == ConsumerGroupState.STABLE and any(
-                    m.assignment.topic_partitions for m in group.members):
+                m.assignment.topic_partitions for m in group.members
+            ):
                 return
         except Exception:
             pass
@@ -141,8 +169,9 @@ def _wait_for_group(settings: Settings, process: subprocess.Popen[bytes], log: P
 
 
 @pytest.fixture(scope="session")
-def worker(settings: Settings, topics: list[str],
-           tmp_path_factory: pytest.TempPathFactory) -> Iterator[subprocess.Popen[bytes]]:
+def worker(
+    settings: Settings, topics: list[str], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[subprocess.Popen[bytes]]:
     log = tmp_path_factory.mktemp("logs") / "worker.log"
     process = _spawn("worker", settings, log)
     try:
@@ -153,8 +182,9 @@ def worker(settings: Settings, topics: list[str],
 
 
 @pytest.fixture(scope="session")
-def bridge_url(settings: Settings, worker: subprocess.Popen[bytes],
-               tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def bridge_url(
+    settings: Settings, worker: subprocess.Popen[bytes], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[str]:
     import httpx
 
     log = tmp_path_factory.mktemp("logs") / "bridge.log"

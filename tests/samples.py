@@ -15,8 +15,16 @@ MOMENT = datetime(2026, 11, 24, 12, 0, 0, 123000, tzinfo=UTC)
 def sample(avro: Any, named: dict[str, Any] | None = None, field: str = "x") -> Any:
     named = {} if named is None else named
     if isinstance(avro, str):
-        primitives = {"string": f"{field}-value", "long": 42, "int": 7, "double": 1.5,
-                      "float": 0.25, "boolean": True, "bytes": b"\x00\x01", "null": None}
+        primitives = {
+            "string": f"{field}-value",
+            "long": 42,
+            "int": 7,
+            "double": 1.5,
+            "float": 0.25,
+            "boolean": True,
+            "bytes": b"\x00\x01",
+            "null": None,
+        }
         if avro in primitives:
             return primitives[avro]
         return sample(named[avro.split(".")[-1]], named, field)

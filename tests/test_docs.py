@@ -23,8 +23,11 @@ def test_every_setting_is_documented() -> None:
     groups = {name: field.annotation for name, field in Settings.model_fields.items()}
     for group, annotation in groups.items():
         assert f"## {group}" in text, group
-        model = annotation if isinstance(annotation, type) and issubclass(
-            annotation, BaseModel) else None
+        model = (
+            annotation
+            if isinstance(annotation, type) and issubclass(annotation, BaseModel)
+            else None
+        )
         if group == "deployments":
             model = Deployment
         if group == "models":

@@ -19,11 +19,21 @@ def produce(settings: Settings, topic: str, key: bytes | None, value: bytes) -> 
     assert producer.flush(10) == 0
 
 
-def wait_for(settings: Settings, topic: str, match: Callable[[bytes | None, bytes], bool],
-             *, timeout_s: float = 30.0) -> tuple[bytes | None, bytes]:
+def wait_for(
+    settings: Settings,
+    topic: str,
+    match: Callable[[bytes | None, bytes], bool],
+    *,
+    timeout_s: float = 30.0,
+) -> tuple[bytes | None, bytes]:
     """The first record of `topic` (from the beginning) for which `match(key, value)` holds."""
-    consumer = Consumer({"bootstrap.servers": settings.kafka.bootstrap_servers,
-                         "group.id": f"test-{uuid.uuid4()}", "enable.auto.commit": False})
+    consumer = Consumer(
+        {
+            "bootstrap.servers": settings.kafka.bootstrap_servers,
+            "group.id": f"test-{uuid.uuid4()}",
+            "enable.auto.commit": False,
+        }
+    )
     try:
         metadata = consumer.list_topics(topic, timeout=10).topics[topic]
         consumer.assign([TopicPartition(topic, p, -2) for p in metadata.partitions])
@@ -39,8 +49,15 @@ def wait_for(settings: Settings, topic: str, match: Callable[[bytes | None, byte
         consumer.close()
 
 
-def wait_for_event(settings: Settings, serde: AvroSerde, topic: str, kind: type[Event],
-                   request_id: str, *, timeout_s: float = 30.0) -> Event:
+def wait_for_event(
+    settings: Settings,
+    serde: AvroSerde,
+    topic: str,
+    kind: type[Event],
+    request_id: str,
+    *,
+    timeout_s: float = 30.0,
+) -> Event:
     def match(_key: bytes | None, value: bytes) -> bool:
         try:
             event = serde.decode(value)

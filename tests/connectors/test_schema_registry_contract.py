@@ -8,10 +8,14 @@ import uuid
 import pytest
 
 from sluicegate.connectors.ports import SchemaRegistry
-from sluicegate.connectors.schema_registry import EmbeddedSchemaRegistry, InMemorySchemaRegistry
+from sluicegate.connectors.schema_registry import (
+    ConfluentSchemaRegistry,
+    EmbeddedSchemaRegistry,
+    InMemorySchemaRegistry,
+)
 from sluicegate.errors import UnknownSchemaError
 from sluicegate.schemas import event_names, schema_text
-from sluicegate.settings import Settings
+from sluicegate.settings import RegistrySettings, Settings
 from sluicegate.streams.topics import ensure_topics
 
 
@@ -19,11 +23,13 @@ class RegistryContract:
     """Mix into a test class that provides a `registry` fixture."""
 
     def test_register_is_idempotent_and_lookup_returns_the_schema(
-            self, registry: SchemaRegistry) -> None:
+        self, registry: SchemaRegistry
+    ) -> None:
         text = schema_text("RequestReceived")
         first = registry.register("io.sluicegate.events.RequestReceived", text)
-        again = registry.register("io.sluicegate.events.RequestReceived",
-                                  json.dumps(json.loads(text), indent=4))
+        again = registry.register(
+            "io.sluicegate.events.RequestReceived", json.dumps(json.loads(text), indent=4)
+        )
         assert first == again
         assert json.loads(registry.lookup(first)) == json.loads(text)
 
@@ -43,12 +49,30 @@ class TestInMemory(RegistryContract):
         return InMemorySchemaRegistry()
 
 
+@pytest.fixture(scope="module")
+def confluent_server():
+    from tests.connectors.fake_confluent_registry import FakeConfluentRegistry
+
+    fake = FakeConfluentRegistry().start()
+    yield fake
+    fake.stop()
+
+
+@pytest.mark.unit
+class TestConfluentOverHTTP(RegistryContract):
+    @pytest.fixture
+    def registry(self, confluent_server) -> SchemaRegistry:
+        server = confluent_server
+        return ConfluentSchemaRegistry(settings=RegistrySettings(kind="confluent", url=server.url))
+
+
 @pytest.mark.integration
 class TestEmbedded(RegistryContract):
     @pytest.fixture
     def registry(self, settings: Settings, topics: list[str]) -> SchemaRegistry:
-        return EmbeddedSchemaRegistry(bootstrap_servers=settings.kafka.bootstrap_servers,
-                                      topic=settings.topic("_schemas"))
+        return EmbeddedSchemaRegistry(
+            bootstrap_servers=settings.kafka.bootstrap_servers, topic=settings.topic("_schemas")
+        )
 
     def test_ids_survive_a_restart(self, settings: Settings, topics: list[str]) -> None:
         topic = f"{settings.topic('_schemas')}-{uuid.uuid4().hex[:6]}"
@@ -56,13 +80,16 @@ class TestEmbedded(RegistryContract):
 
         admin = AdminClient({"bootstrap.servers": settings.kafka.bootstrap_servers})
         admin.create_topics([NewTopic(topic, 1, 1, config={"cleanup.policy": "compact"})])[
-            topic].result(10)
-        before = EmbeddedSchemaRegistry(bootstrap_servers=settings.kafka.bootstrap_servers,
-                                        topic=topic)
+            topic
+        ].result(10)
+        before = EmbeddedSchemaRegistry(
+            bootstrap_servers=settings.kafka.bootstrap_servers, topic=topic
+        )
         ids = {n: before.register(n, schema_text(n)) for n in event_names()}
         before.close()
-        after = EmbeddedSchemaRegistry(bootstrap_servers=settings.kafka.bootstrap_servers,
-                                       topic=topic)
+        after = EmbeddedSchemaRegistry(
+            bootstrap_servers=settings.kafka.bootstrap_servers, topic=topic
+        )
         for name, schema_id in ids.items():  # resolvable with no register call in this process
             assert json.loads(after.lookup(schema_id)) == json.loads(schema_text(name))
         assert {n: after.register(n, schema_text(n)) for n in event_names()} == ids

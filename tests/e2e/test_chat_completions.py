@@ -8,9 +8,9 @@ import httpx
 import openai
 import pytest
 
+from sluicegate.connectors.schema_registry import build_serde
 from sluicegate.schemas.models import RequestReceived, ResponseReady
 from sluicegate.settings import Settings
-from sluicegate.connectors.schema_registry import build_serde
 from tests.topics_io import wait_for_event
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration]
@@ -18,8 +18,9 @@ pytestmark = [pytest.mark.e2e, pytest.mark.integration]
 
 @pytest.fixture(scope="module")
 def client(bridge_url: str) -> openai.OpenAI:
-    return openai.OpenAI(base_url=f"{bridge_url}/v1", api_key="sk-caller", max_retries=0,
-                         timeout=60)
+    return openai.OpenAI(
+        base_url=f"{bridge_url}/v1", api_key="sk-caller", max_retries=0, timeout=60
+    )
 
 
 @pytest.fixture(scope="module")
@@ -37,28 +38,36 @@ def test_models_lists_the_catalogue(client: openai.OpenAI) -> None:
     assert {"gpt-fake", "blackhole", "smollm2-135m"} <= ids
 
 
-def test_sync_completion_is_journaled_and_answered(client: openai.OpenAI, settings: Settings,
-                                                    serde, upstream) -> None:
+def test_sync_completion_is_journaled_and_answered(
+    client: openai.OpenAI, settings: Settings, serde, upstream
+) -> None:
     completion = client.chat.completions.create(
-        model="gpt-fake", messages=[{"role": "user", "content": "ping one"}], temperature=0)
+        model="gpt-fake", messages=[{"role": "user", "content": "ping one"}], temperature=0
+    )
     assert "ping one" in completion.choices[0].message.content
     assert completion.choices[0].finish_reason == "stop"
     assert completion.usage.total_tokens > 0
     request_id = request_id_of(completion.id)
-    journaled = wait_for_event(settings, serde, settings.topic("requests"), RequestReceived,
-                               request_id)
+    journaled = wait_for_event(
+        settings, serde, settings.topic("requests"), RequestReceived, request_id
+    )
     assert journaled.messages[0].content == "ping one" and journaled.params.temperature == 0
-    answered = wait_for_event(settings, serde, settings.topic("responses"), ResponseReady,
-                              request_id)
+    answered = wait_for_event(
+        settings, serde, settings.topic("responses"), ResponseReady, request_id
+    )
     assert answered.message.content == completion.choices[0].message.content
     assert answered.trace_id == journaled.trace_id
 
 
-def test_streaming_completion_in_the_sdk_chunk_format(client: openai.OpenAI, settings: Settings,
-                                                      serde) -> None:
+def test_streaming_completion_in_the_sdk_chunk_format(
+    client: openai.OpenAI, settings: Settings, serde
+) -> None:
     stream = client.chat.completions.create(
-        model="gpt-fake", messages=[{"role": "user", "content": "stream these words please"}],
-        stream=True, stream_options={"include_usage": True})
+        model="gpt-fake",
+        messages=[{"role": "user", "content": "stream these words please"}],
+        stream=True,
+        stream_options={"include_usage": True},
+    )
     chunks = list(stream)
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert "stream these words please" in text
@@ -67,30 +76,57 @@ def test_streaming_completion_in_the_sdk_chunk_format(client: openai.OpenAI, set
     assert finishes[-1] == "stop" and all(f is None for f in finishes[:-1])
     assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens > 0
     request_id = request_id_of(chunks[0].id)
-    answered = wait_for_event(settings, serde, settings.topic("responses"), ResponseReady,
-                              request_id)
+    answered = wait_for_event(
+        settings, serde, settings.topic("responses"), ResponseReady, request_id
+    )
     assert answered.message.content == text
 
 
-@pytest.mark.parametrize(("content", "headers", "status", "code"), [
-    (b"{not json", {"Content-Type": "application/json"}, 400, "invalid_json"),
-    (json.dumps({"model": "gpt-fake"}).encode(), {"Content-Type": "application/json"}, 400, None),
-    (json.dumps({"model": "gpt-fake", "messages": [{"role": "user", "content": "x"}]}).encode(),
-     {"Content-Type": "text/plain"}, 415, "unsupported_media_type"),
-    (b"{" + b" " * (10 * 1024 * 1024) + b"}", {"Content-Type": "application/json"}, 413,
-     "request_too_large"),
-])
-def test_bad_input_gets_an_openai_error(bridge_url: str, client: openai.OpenAI, content: bytes,
-                                        headers: dict, status: int, code: str | None) -> None:
-    response = httpx.post(f"{bridge_url}/v1/chat/completions", content=content, headers=headers,
-                          timeout=30)
+@pytest.mark.parametrize(
+    ("content", "headers", "status", "code"),
+    [
+        (b"{not json", {"Content-Type": "application/json"}, 400, "invalid_json"),
+        (
+            json.dumps({"model": "gpt-fake"}).encode(),
+            {"Content-Type": "application/json"},
+            400,
+            None,
+        ),
+        (
+            json.dumps(
+                {"model": "gpt-fake", "messages": [{"role": "user", "content": "x"}]}
+            ).encode(),
+            {"Content-Type": "text/plain"},
+            415,
+            "unsupported_media_type",
+        ),
+        (
+            b"{" + b" " * (10 * 1024 * 1024) + b"}",
+            {"Content-Type": "application/json"},
+            413,
+            "request_too_large",
+        ),
+    ],
+)
+def test_bad_input_gets_an_openai_error(
+    bridge_url: str,
+    client: openai.OpenAI,
+    content: bytes,
+    headers: dict,
+    status: int,
+    code: str | None,
+) -> None:
+    response = httpx.post(
+        f"{bridge_url}/v1/chat/completions", content=content, headers=headers, timeout=30
+    )
     assert response.status_code == status
     error = response.json()["error"]
     assert error["message"] and error["type"]
     if code:
         assert error["code"] == code
-    good = client.chat.completions.create(model="gpt-fake",
-                                          messages=[{"role": "user", "content": "still fine"}])
+    good = client.chat.completions.create(
+        model="gpt-fake", messages=[{"role": "user", "content": "still fine"}]
+    )
     assert "still fine" in good.choices[0].message.content
 
 
@@ -101,28 +137,37 @@ def test_missing_messages_names_the_param(bridge_url: str) -> None:
 
 def test_unknown_model_is_a_404(client: openai.OpenAI) -> None:
     with pytest.raises(openai.NotFoundError) as raised:
-        client.chat.completions.create(model="no-such-model",
-                                       messages=[{"role": "user", "content": "x"}])
+        client.chat.completions.create(
+            model="no-such-model", messages=[{"role": "user", "content": "x"}]
+        )
     assert raised.value.body["code"] == "model_not_found"
 
 
-def test_timeout_is_a_504_and_the_request_stays_journaled(bridge_url: str, settings: Settings,
-                                                          serde) -> None:
-    client = openai.OpenAI(base_url=f"{bridge_url}/v1", api_key="k", max_retries=0,
-                           default_headers={"X-Sluicegate-Timeout": "1.5"})
+def test_timeout_is_a_504_and_the_request_stays_journaled(
+    bridge_url: str, settings: Settings, serde
+) -> None:
+    client = openai.OpenAI(
+        base_url=f"{bridge_url}/v1",
+        api_key="k",
+        max_retries=0,
+        default_headers={"X-Sluicegate-Timeout": "1.5"},
+    )
     with pytest.raises(openai.APIStatusError) as raised:
-        client.chat.completions.create(model="blackhole",
-                                       messages=[{"role": "user", "content": "hello?"}])
+        client.chat.completions.create(
+            model="blackhole", messages=[{"role": "user", "content": "hello?"}]
+        )
     assert raised.value.status_code == 504
     message = raised.value.body["message"]
     request_id = message.split("request ")[1].split(" ")[0]
-    journaled = wait_for_event(settings, serde, settings.topic("requests"), RequestReceived,
-                               request_id)
+    journaled = wait_for_event(
+        settings, serde, settings.topic("requests"), RequestReceived, request_id
+    )
     assert journaled.model == "blackhole"
 
 
 def test_idempotency_key_returns_the_first_answer_without_a_second_inference(
-        client: openai.OpenAI, upstream) -> None:
+    client: openai.OpenAI, upstream
+) -> None:
     key = {"Idempotency-Key": "idem-42"}
     body = {"model": "gpt-fake", "messages": [{"role": "user", "content": "only once"}]}
     before = len(upstream.requests)
@@ -146,13 +191,21 @@ def test_metrics_count_requests(bridge_url: str, client: openai.OpenAI) -> None:
 @pytest.mark.slow
 def test_local_model_really_generates(client: openai.OpenAI) -> None:
     completion = client.chat.completions.create(
-        model="smollm2-135m", messages=[{"role": "user", "content": "What is the capital of France?"}],
-        max_tokens=24, temperature=0)
+        model="smollm2-135m",
+        messages=[{"role": "user", "content": "What is the capital of France?"}],
+        max_tokens=24,
+        temperature=0,
+    )
     text = completion.choices[0].message.content
     assert text and len(text.split()) >= 2
     assert completion.usage.completion_tokens > 0
     stream = client.chat.completions.create(
-        model="smollm2-135m", messages=[{"role": "user", "content": "Count to five."}],
-        max_tokens=24, stream=True)
-    pieces = [c.choices[0].delta.content for c in stream if c.choices and c.choices[0].delta.content]
+        model="smollm2-135m",
+        messages=[{"role": "user", "content": "Count to five."}],
+        max_tokens=24,
+        stream=True,
+    )
+    pieces = [
+        c.choices[0].delta.content for c in stream if c.choices and c.choices[0].delta.content
+    ]
     assert len(pieces) >= 2

@@ -12,8 +12,10 @@ pytestmark = pytest.mark.unit
 
 def settings() -> Settings:
     return Settings(
-        deployments=[Deployment(name="a", backend="openai", provider_model="gpt-x", pool="gpu"),
-                     Deployment(name="b", backend="llamacpp", provider_model="local")],
+        deployments=[
+            Deployment(name="a", backend="openai", provider_model="gpt-x", pool="gpu"),
+            Deployment(name="b", backend="llamacpp", provider_model="local"),
+        ],
         models=[ModelAlias(name="chat", deployments=["a", "b"])],
     )
 
@@ -44,5 +46,7 @@ def test_unknown_model_is_rejected_with_404_to_the_caller() -> None:
 
 def test_settings_refuse_an_alias_naming_an_unknown_deployment() -> None:
     with pytest.raises(ValueError, match="unknown deployments"):
-        Settings(deployments=[Deployment(name="a", backend="openai", provider_model="m")],
-                 models=[ModelAlias(name="chat", deployments=["zzz"])])
+        Settings(
+            deployments=[Deployment(name="a", backend="openai", provider_model="m")],
+            models=[ModelAlias(name="chat", deployments=["zzz"])],
+        )

@@ -31,8 +31,13 @@ class ScriptedBackend:
         self.calls += 1
         if self.error:
             raise self.error
-        return Completion(text=" ".join(self.words), finish_reason="stop", prompt_tokens=3,
-                          completion_tokens=len(self.words), provider_model="scripted")
+        return Completion(
+            text=" ".join(self.words),
+            finish_reason="stop",
+            prompt_tokens=3,
+            completion_tokens=len(self.words),
+            provider_model="scripted",
+        )
 
     async def stream(self, task: InferenceTask) -> AsyncIterator[Delta]:
         self.calls += 1
@@ -40,8 +45,13 @@ class ScriptedBackend:
             yield Delta(text=word)
         if self.error:
             raise self.error
-        yield Delta(text="", finish_reason="stop", prompt_tokens=3,
-                    completion_tokens=len(self.words), provider_model="scripted")
+        yield Delta(
+            text="",
+            finish_reason="stop",
+            prompt_tokens=3,
+            completion_tokens=len(self.words),
+            provider_model="scripted",
+        )
 
     async def aclose(self) -> None:
         return None
@@ -76,14 +86,19 @@ async def test_streaming_emits_ordered_chunks_then_a_final_chunk_and_the_respons
 
 
 async def test_backend_failure_answers_the_caller_with_a_mapped_error() -> None:
-    error = BackendError("slow down", error_class="rate_limited", status_code=429,
-                         retriable=True, retry_after_s=2.0)
+    error = BackendError(
+        "slow down", error_class="rate_limited", status_code=429, retriable=True, retry_after_s=2.0
+    )
     emits = await collect(
-        InferenceStage(backends={"local-smollm2": ScriptedBackend(words=[], error=error)}), task())
+        InferenceStage(backends={"local-smollm2": ScriptedBackend(words=[], error=error)}), task()
+    )
     rejected, failed = emits[0].event, emits[1].event
     assert isinstance(rejected, RequestRejected) and isinstance(failed, InferenceFailed)
     assert (rejected.http_status, rejected.error_type, rejected.retry_after_s) == (
-        429, "rate_limit_error", 2.0)
+        429,
+        "rate_limit_error",
+        2.0,
+    )
     assert failed.error_class == "rate_limited" and failed.retriable
 
 
@@ -98,8 +113,9 @@ async def test_failure_mid_stream_still_answers() -> None:
 async def test_expired_deadline_skips_the_backend() -> None:
     backend = ScriptedBackend(words=["x"])
     past = int(time.time() * 1000) - 1
-    emits = await collect(InferenceStage(backends={"local-smollm2": backend}),
-                          task(deadline_ms=past))
+    emits = await collect(
+        InferenceStage(backends={"local-smollm2": backend}), task(deadline_ms=past)
+    )
     assert backend.calls == 0
     assert emits[1].event.error_class == "timeout"
 

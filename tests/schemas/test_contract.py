@@ -19,10 +19,26 @@ from tests.samples import sample
 pytestmark = pytest.mark.unit
 
 DESIGN_EVENTS = {
-    "RequestReceived", "RequestAdmitted", "RequestRejected", "RequestEnriched", "InferenceTask",
-    "InferenceResult", "InferenceFailed", "ResponseReady", "TokenChunk", "Span", "CostEntry",
-    "DocumentSubmitted", "ChunkCreated", "ChunkEmbedded", "PromptVersionPublished",
-    "EvalCaseResult", "EvalRunCompleted", "DriftDetected", "AuditRecord", "DeadLetter",
+    "RequestReceived",
+    "RequestAdmitted",
+    "RequestRejected",
+    "RequestEnriched",
+    "InferenceTask",
+    "InferenceResult",
+    "InferenceFailed",
+    "ResponseReady",
+    "TokenChunk",
+    "Span",
+    "CostEntry",
+    "DocumentSubmitted",
+    "ChunkCreated",
+    "ChunkEmbedded",
+    "PromptVersionPublished",
+    "EvalCaseResult",
+    "EvalRunCompleted",
+    "DriftDetected",
+    "AuditRecord",
+    "DeadLetter",
 }
 
 
@@ -51,8 +67,11 @@ def _field_names(model: type[AvroRecord], schema: dict) -> None:
             inner = inner["items"]
         if isinstance(inner, dict) and inner.get("type") == "record":
             annotation = model.model_fields[field["name"]].annotation
-            nested = next(a for a in getattr(annotation, "__args__", (annotation,))
-                          if isinstance(a, type) and issubclass(a, AvroRecord))
+            nested = next(
+                a
+                for a in getattr(annotation, "__args__", (annotation,))
+                if isinstance(a, type) and issubclass(a, AvroRecord)
+            )
             _field_names(nested, inner)
 
 
@@ -66,8 +85,17 @@ def test_model_fields_match_schema(name: str) -> None:
 @pytest.mark.parametrize("name", sorted(DESIGN_EVENTS))
 def test_every_schema_carries_the_envelope(name: str) -> None:
     fields = [f["name"] for f in json.loads((AVRO_DIR / f"{name}.avsc").read_text())["fields"]]
-    assert fields[:9] == ["event_id", "occurred_at", "tenant_id", "request_id", "trace_id",
-                          "span_id", "parent_span_id", "run_id", "producer"]
+    assert fields[:9] == [
+        "event_id",
+        "occurred_at",
+        "tenant_id",
+        "request_id",
+        "trace_id",
+        "span_id",
+        "parent_span_id",
+        "run_id",
+        "producer",
+    ]
 
 
 @pytest.mark.parametrize("name", sorted(DESIGN_EVENTS))
@@ -91,7 +119,8 @@ def test_schema_ids_do_not_depend_on_the_process() -> None:
     second = AvroSerde(registry=InMemorySchemaRegistry())
     first.register_all()
     assert {n: first.schema_id(n) for n in event_names()} == {
-        n: second.schema_id(n) for n in reversed(event_names())}
+        n: second.schema_id(n) for n in reversed(event_names())
+    }
     assert len({first.schema_id(n) for n in event_names()}) == len(event_names())
 
 
@@ -121,5 +150,7 @@ def test_fastavro_reads_what_we_write_as_a_plain_confluent_consumer_would(serde:
 
     event = RequestReceived.model_validate(sample(json.loads(schema_text_of("RequestReceived"))))
     data = serde.encode(event)
-    record = fastavro.schemaless_reader(io.BytesIO(data[5:]), parsed_schema("RequestReceived"), None)
+    record = fastavro.schemaless_reader(
+        io.BytesIO(data[5:]), parsed_schema("RequestReceived"), None
+    )
     assert record["messages"][0]["role"] == event.messages[0].role

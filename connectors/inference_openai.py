@@ -1,0 +1,236 @@
+"""The InferenceBackend adapter for any OpenAI-compatible server (OpenAI, vLLM, llama.cpp's
+server, Ollama, ...), through the official `openai` SDK.
+
+The SDK does not retry (`max_retries=0`): retries and fallbacks are the router's decision, made
+from the `BackendError` this adapter raises. SDK exceptions become BackendError in one place,
+`_to_backend_error`.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import AsyncIterator, Mapping
+from email.utils import parsedate_to_datetime
+from typing import Any
+
+import openai
+from openai.types.chat import ChatCompletion
+
+from sluicegate.connectors.ports import Completion, Delta
+from sluicegate.errors import BackendError
+from sluicegate.schemas.models import ChatMessage, InferenceTask
+from sluicegate.settings import Deployment
+
+# Body fields the adapter owns; a caller's extra_json may not override them.
+_RESERVED_EXTRA = frozenset({"stream", "stream_options"})
+_CONTEXT_MARKERS = ("context length", "context_length", "context window", "context size")
+_POLICY_CODES = ("content_filter", "content_policy")
+
+
+class OpenAICompatibleBackend:
+    """Calls `POST {base_url}/chat/completions` for one deployment of the catalogue."""
+
+    def __init__(self, *, deployment: Deployment) -> None:
+        self._deployment = deployment
+        key = deployment.api_key
+        self._client = openai.AsyncOpenAI(
+            base_url=deployment.base_url,
+            api_key=key.get_secret_value() if key is not None else "unused",
+            timeout=deployment.timeout_s,
+            max_retries=0,
+        )
+
+    async def complete(self, task: InferenceTask) -> Completion:
+        request = _request(task)
+        try:
+            response: ChatCompletion = await self._client.chat.completions.create(
+                **request, stream=False
+            )
+        except openai.OpenAIError as exc:
+            raise _to_backend_error(exc) from exc
+        if not response.choices:
+            raise BackendError("the upstream answered without choices", error_class="unknown")
+        choice = response.choices[0]
+        tool_calls = choice.message.tool_calls
+        usage = response.usage
+        return Completion(
+            text=choice.message.content,
+            finish_reason=choice.finish_reason or "stop",
+            prompt_tokens=usage.prompt_tokens if usage else 0,
+            completion_tokens=usage.completion_tokens if usage else 0,
+            provider_model=response.model or task.provider_model,
+            tool_calls_json=(
+                json.dumps([call.model_dump(mode="json", exclude_none=True) for call in tool_calls])
+                if tool_calls
+                else None
+            ),
+        )
+
+    async def stream(self, task: InferenceTask) -> AsyncIterator[Delta]:
+        """Yield each content delta, then one Delta with finish_reason and usage."""
+        request = _request(task)
+        finish_reason: str | None = None
+        prompt_tokens = completion_tokens = 0
+        model = task.provider_model
+        try:
+            chunks = await self._client.chat.completions.create(
+                **request, stream=True, stream_options={"include_usage": True}
+            )
+            async with chunks:
+                async for chunk in chunks:
+                    model = chunk.model or model
+                    if chunk.usage is not None:
+                        prompt_tokens = chunk.usage.prompt_tokens
+                        completion_tokens = chunk.usage.completion_tokens
+                    if not chunk.choices:
+                        continue
+                    choice = chunk.choices[0]
+                    finish_reason = choice.finish_reason or finish_reason
+                    if choice.delta.content:
+                        yield Delta(text=choice.delta.content)
+        except openai.OpenAIError as exc:
+            raise _to_backend_error(exc) from exc
+        if finish_reason is None:
+            # A stream that ends without saying why was cut: never pass it off as complete.
+            raise BackendError(
+                "the upstream stream ended without a finish_reason",
+                error_class="connection",
+                retriable=True,
+            )
+        yield Delta(
+            text="",
+            finish_reason=finish_reason,
+            prompt_tokens=prompt_tokens,
+            completion_tokens=completion_tokens,
+            provider_model=model,
+        )
+
+    async def aclose(self) -> None:
+        await self._client.close()
+
+
+# -- the request --------------------------------------------------------------------------
+
+
+def _json(text: str, what: str) -> Any:
+    try:
+        return json.loads(text)
+    except ValueError as exc:
+        raise BackendError(f"{what} is not valid JSON: {exc}", error_class="bad_request") from exc
+
+
+def _message(message: ChatMessage) -> dict[str, Any]:
+    """One ChatMessage as the OpenAI message object."""
+    out: dict[str, Any] = {"role": message.role, "content": message.content}
+    if message.content_parts_json is not None:
+        out["content"] = _json(message.content_parts_json, "content_parts_json")
+    if message.name is not None:
+        out["name"] = message.name
+    if message.tool_call_id is not None:
+        out["tool_call_id"] = message.tool_call_id
+    if message.tool_calls_json is not None:
+        out["tool_calls"] = _json(message.tool_calls_json, "tool_calls_json")
+    return out
+
+
+def _request(task: InferenceTask) -> dict[str, Any]:
+    """The keyword arguments of `chat.completions.create`, except `stream`."""
+    params = task.params
+    request: dict[str, Any] = {
+        "model": task.provider_model,
+        "messages": [_message(m) for m in task.messages],
+    }
+    scalars = {
+        "temperature": params.temperature,
+        "top_p": params.top_p,
+        "max_tokens": params.max_tokens,
+        "seed": params.seed,
+    }
+    request.update({name: value for name, value in scalars.items() if value is not None})
+    if params.stop:
+        request["stop"] = list(params.stop)
+    encoded = {
+        "response_format": params.response_format_json,
+        "tools": params.tools_json,
+        "tool_choice": params.tool_choice_json,
+    }
+    for name, text in encoded.items():
+        if text is not None:
+            request[name] = _json(text, f"{name}_json")
+    if params.extra_json is not None:
+        extra = _json(params.extra_json, "extra_json")
+        if not isinstance(extra, dict):
+            raise BackendError("extra_json must be a JSON object", error_class="bad_request")
+        extra = {k: v for k, v in extra.items() if k not in _RESERVED_EXTRA}
+        if extra:
+            request["extra_body"] = extra
+    return request
+
+
+# -- errors -------------------------------------------------------------------------------
+
+
+def _retry_after_s(headers: Mapping[str, str]) -> float | None:
+    """Seconds to wait, from `retry-after-ms`, or `Retry-After` in seconds or as an HTTP date."""
+    millis = headers.get("retry-after-ms")
+    if millis:
+        try:
+            return max(0.0, float(millis) / 1000)
+        except ValueError:
+            pass
+    value = headers.get("retry-after")
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
+    except (TypeError, ValueError):
+        return None
+
+
+def _status_class(exc: openai.APIStatusError) -> tuple[str, bool]:
+    """(error_class, retriable) of an HTTP error answer."""
+    status = exc.status_code
+    if status == 429:
+        return "rate_limited", True
+    if status >= 500:
+        return "server_error", True
+    if status in (401, 403):
+        return "auth", False
+    if status in (400, 413, 422):
+        code = (exc.code or "").lower()
+        text = f"{exc.message} {code} {exc.type or ''}".lower()
+        if any(marker in text for marker in _CONTEXT_MARKERS):
+            return "context_too_long", False
+        if code.startswith(_POLICY_CODES):
+            return "content_policy", False
+        return "bad_request", False
+    return "unknown", False
+
+
+def _to_backend_error(exc: openai.OpenAIError) -> BackendError:
+    """The one translation of SDK exceptions into the gateway's error classes."""
+    # APITimeoutError subclasses APIConnectionError, so it is tested first.
+    if isinstance(exc, openai.APITimeoutError):
+        return BackendError(
+            f"the upstream did not answer in time: {exc}", error_class="timeout", retriable=True
+        )
+    if isinstance(exc, openai.APIConnectionError):
+        cause = exc.__cause__ or exc
+        return BackendError(
+            f"could not reach the upstream: {cause!r}", error_class="connection", retriable=True
+        )
+    if isinstance(exc, openai.APIStatusError):
+        error_class, retriable = _status_class(exc)
+        return BackendError(
+            f"the upstream answered {exc.status_code}: {exc.message}",
+            error_class=error_class,
+            status_code=exc.status_code,
+            retriable=retriable,
+            retry_after_s=_retry_after_s(exc.response.headers) if retriable else None,
+        )
+    return BackendError(f"the upstream failed: {exc}", error_class="unknown")

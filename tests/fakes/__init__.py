@@ -1,0 +1,1 @@
+"""Fakes of external systems that speak the real protocol, for tests and benchmarks."""

@@ -19,7 +19,6 @@ from sluicegate.errors import RegistryError, UnknownSchemaError
 from sluicegate.schemas.serde import AvroSerde
 from sluicegate.settings import RegistrySettings, Settings
 
-
 _LEADERSHIP_ERRORS = {
     KafkaError.NOT_LEADER_FOR_PARTITION,
     KafkaError.LEADER_NOT_AVAILABLE,

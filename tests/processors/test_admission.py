@@ -38,7 +38,7 @@ def test_admits_and_routes_to_the_first_deployment_of_the_alias() -> None:
 
 def test_unknown_model_is_rejected_with_404_to_the_caller() -> None:
     emits = Admission(settings=settings()).run(request("nope"))
-    rejected = [e for e in emits if e.topic == "responses"][0].event
+    rejected = next(e for e in emits if e.topic == "responses").event
     assert isinstance(rejected, RequestRejected)
     assert rejected.http_status == 404 and rejected.code == "model_not_found"
     assert not any(e.topic.startswith("inference.") for e in emits)

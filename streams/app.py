@@ -19,6 +19,7 @@ from sluicegate.connectors.ports import InferenceBackend
 from sluicegate.processors.admission import Admission
 from sluicegate.processors.envelope import Emit
 from sluicegate.processors.inference import InferenceStage
+from sluicegate.processors.rejection import internal_error
 from sluicegate.schemas.models import Event, InferenceTask, RequestReceived
 from sluicegate.schemas.serde import AvroSerde
 from sluicegate.settings import Settings
@@ -78,11 +79,14 @@ async def consume(
 ) -> None:
     """The loop every agent runs: decode, handle, and dead-letter whatever fails."""
     async for event in stream.events():
+        decoded: Event | None = None
         try:
             decoded = serde.decode_as(event.value, model)
             await handle(decoded)
         except Exception as error:  # one bad record must never stop the worker
             await publisher.dead_letter(event, error, stage)
+            if decoded is not None:
+                await publisher.emit(internal_error(decoded, stage=stage, error=error))
 
 
 def create_app(

@@ -1,0 +1,71 @@
+"""The `sluicegate` command against the real broker and worker."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from sluicegate.settings import Settings
+from tests.conftest import settings_env
+
+pytestmark = pytest.mark.integration
+
+
+def run_cli(settings: Settings, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+    env = {**os.environ, **settings_env(settings)}
+    return subprocess.run(
+        [sys.executable, "-m", "sluicegate.cli", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+def test_topics_lists_the_catalogue(settings: Settings, topics: list[str]) -> None:
+    result = run_cli(settings, "topics")
+    assert result.returncode == 0, result.stderr
+    assert f"{settings.topic('requests')} " in result.stdout
+    assert "exists" in result.stdout and "RequestReceived" in result.stdout
+
+
+def test_send_publishes_a_request_that_tail_shows_answered(
+    settings: Settings, worker, tmp_path: Path
+) -> None:
+    body = tmp_path / "request.json"
+    body.write_text(
+        json.dumps({"model": "gpt-fake", "messages": [{"role": "user", "content": "from the cli"}]})
+    )
+    sent = run_cli(settings, "send", str(body), "--tenant", "cli-tenant")
+    assert sent.returncode == 0, sent.stderr
+    request_id = json.loads(sent.stdout)["request_id"]
+
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        tail = run_cli(settings, "tail", "responses", "--from-beginning", "--idle-exit", "2")
+        assert tail.returncode == 0, tail.stderr
+        answers = [json.loads(line) for line in tail.stdout.splitlines()]
+        mine = [a for a in answers if a.get("request_id") == request_id]
+        if mine:
+            assert mine[0]["_event"] == "ResponseReady"
+            assert "from the cli" in mine[0]["message"]["content"]
+            assert mine[0]["tenant_id"] == "cli-tenant"
+            return
+        time.sleep(1)
+    pytest.fail("the sent request was not answered on the responses topic")
+
+
+def test_send_refuses_an_invalid_body(
+    settings: Settings, topics: list[str], tmp_path: Path
+) -> None:
+    body = tmp_path / "bad.json"
+    body.write_text(json.dumps({"model": "gpt-fake"}))
+    result = run_cli(settings, "send", str(body))
+    assert result.returncode == 2 and "messages" in result.stderr

@@ -23,7 +23,13 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from sluicegate.errors import BrokerError
 from sluicegate.processors.envelope import new_event_id, new_span_id, new_trace_id, now
-from sluicegate.schemas.models import Event, RequestRejected, ResponseReady, TokenChunk
+from sluicegate.schemas.models import (
+    Event,
+    RequestReceived,
+    RequestRejected,
+    ResponseReady,
+    TokenChunk,
+)
 from sluicegate.schemas.serde import AvroSerde
 from sluicegate.serving import openai_format as fmt
 from sluicegate.serving.idempotency import IdempotencyCache
@@ -118,7 +124,6 @@ class Bridge:
             topics=[self.settings.topic("responses"), self.settings.topic("stream")],
         )
         await loop.run_in_executor(None, self.router.start)
-        self.serde.register_all()
 
     async def stop(self, _app: web.Application | None = None) -> None:
         loop = asyncio.get_running_loop()
@@ -292,7 +297,7 @@ class Bridge:
         tenant: str,
         idempotency_key: str | None,
         timeout_s: float,
-    ) -> Any:
+    ) -> RequestReceived:
         authorization = request.headers.get("Authorization", "")
         token = authorization.removeprefix("Bearer ").strip()
         api_key_id = f"key-{hashlib.sha256(token.encode()).hexdigest()[:16]}" if token else None
@@ -315,7 +320,7 @@ class Bridge:
             raise OpenAIError(400, error.message, param=error.param, code=error.code) from error
 
     async def _run(
-        self, request: web.Request, event: Any, timeout_s: float
+        self, request: web.Request, event: RequestReceived, timeout_s: float
     ) -> tuple[Event, web.StreamResponse]:
         assert self.journal is not None and self.router is not None
         loop = asyncio.get_running_loop()

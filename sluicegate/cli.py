@@ -51,9 +51,10 @@ def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
 
     created = ensure_topics(settings)
     print(f"topics: {len(created)} created", flush=True)
-    pids = _state_dir() / "up.pids"
+    state = _state_dir()
+    pids = state / "up.pids"
     children = [
-        subprocess.Popen([sys.executable, "-m", "sluicegate.cli", name])
+        _spawn(name, state / f"{name}.log" if args.detach else None)
         for name in ("worker", "bridge")
     ]
     pids.write_text("\n".join(str(c.pid) for c in children))
@@ -61,7 +62,8 @@ def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
     model = settings.models[0].name
     if not _wait_ready(f"{url}/readyz", children, timeout_s=120):
         _stop(children)
-        print("sluicegate did not become ready; see the output above", file=sys.stderr)
+        where = f"the logs in {state}" if args.detach else "the output above"
+        print(f"sluicegate did not become ready; see {where}", file=sys.stderr)
         return 1
     print(f"\nsluicegate is up at {url}/v1  (models: {', '.join(m.name for m in settings.models)})")
     print(
@@ -71,6 +73,7 @@ def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
         flush=True,
     )
     if args.detach:
+        print(f"logs: {state / 'worker.log'}, {state / 'bridge.log'}; stop with `sluicegate down`")
         return 0
     try:
         while all(c.poll() is None for c in children):
@@ -80,6 +83,17 @@ def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
     _stop(children)
     pids.unlink(missing_ok=True)
     return 0
+
+
+def _spawn(name: str, log: Path | None) -> subprocess.Popen[bytes]:
+    """A child process; detached ones write to a log file so nothing holds our stdout open."""
+    output = log.open("ab") if log is not None else None
+    return subprocess.Popen(
+        [sys.executable, "-m", "sluicegate.cli", name],
+        stdout=output,
+        stderr=subprocess.STDOUT if output else None,
+        start_new_session=log is not None,
+    )
 
 
 def _wait_ready(url: str, children: list[subprocess.Popen[bytes]], timeout_s: float) -> bool:

@@ -69,3 +69,55 @@ def test_send_refuses_an_invalid_body(
     body.write_text(json.dumps({"model": "gpt-fake"}))
     result = run_cli(settings, "send", str(body))
     assert result.returncode == 2 and "messages" in result.stderr
+
+
+@pytest.mark.slow
+def test_up_serves_requests_and_down_stops_it(
+    settings: Settings, topics: list[str], tmp_path: Path
+) -> None:
+    import httpx
+
+    from tests.conftest import free_port
+
+    port = free_port()
+    own = settings.model_copy(
+        update={
+            "bridge": settings.bridge.model_copy(update={"port": port}),
+            "worker": settings.worker.model_copy(update={"app_id": f"{settings.worker.app_id}-up"}),
+        }
+    )
+    env = {**os.environ, **settings_env(own), "SLUICEGATE_HOME": str(tmp_path)}
+    up = subprocess.run(
+        [sys.executable, "-m", "sluicegate.cli", "up", "--no-broker", "--detach"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    try:
+        assert up.returncode == 0, up.stdout + up.stderr
+        assert f"http://127.0.0.1:{port}/v1" in up.stdout and "curl -s" in up.stdout
+        answer = httpx.post(
+            f"http://127.0.0.1:{port}/v1/chat/completions",
+            timeout=60,
+            json={"model": "gpt-fake", "messages": [{"role": "user", "content": "up and running"}]},
+        )
+        assert answer.status_code == 200, answer.text
+        assert "up and running" in answer.json()["choices"][0]["message"]["content"]
+    finally:
+        down = subprocess.run(
+            [sys.executable, "-m", "sluicegate.cli", "down", "--keep-broker"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert down.returncode == 0, down.stderr
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1)
+        except httpx.HTTPError:
+            return
+        time.sleep(0.5)
+    pytest.fail("the bridge still answers after `down`")

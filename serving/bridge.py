@@ -112,6 +112,7 @@ class Bridge:
         self.journal: Journal | None = None
         self.router: ReplyRouter | None = None
         self._requests_topic = settings.topic("requests")
+        self._in_flight = 0
 
     async def start(self, _app: web.Application | None = None) -> None:
         loop = asyncio.get_running_loop()
@@ -329,7 +330,17 @@ class Bridge:
             final=loop.create_future(),
             chunks=asyncio.Queue() if event.stream else None,
         )
+        if self._in_flight >= self.settings.bridge.max_in_flight:
+            self.metrics.shed.inc()
+            raise OpenAIError(
+                503,
+                f"The gateway is at its limit of {self._in_flight} requests in flight; retry.",
+                type_="server_error",
+                code="overloaded",
+                headers={"Retry-After": "1"},
+            )
         self.router.listen(event.request_id, waiter.on_event)
+        self._in_flight += 1
         self.metrics.in_flight.inc()
         try:
             try:
@@ -352,6 +363,7 @@ class Bridge:
                 raise self._timeout_error(event.request_id, timeout_s) from None
             return answer, self._answer(answer)
         finally:
+            self._in_flight -= 1
             self.metrics.in_flight.dec()
             self.router.forget(event.request_id)
 

@@ -29,6 +29,11 @@ class BridgeMetrics:
             "Requests waiting for their answer.",
             registry=self.registry,
         )
+        self.shed = Counter(
+            "sluicegate_bridge_shed",
+            "Requests refused with 503 because max_in_flight were waiting already.",
+            registry=self.registry,
+        )
         self.idempotent_replays = Counter(
             "sluicegate_bridge_idempotent_replays",
             "Answers served again for a repeated Idempotency-Key.",

@@ -90,6 +90,11 @@ class BridgeSettings(BaseModel):
     max_body_bytes: int = Field(default=4 * 1024 * 1024, gt=0)
     idempotency_ttl_s: float = 24 * 3600
     idempotency_max_entries: int = 100_000
+    max_in_flight: int = Field(
+        default=1024,
+        gt=0,
+        description="Requests waiting for an answer at once; past it the bridge sheds with 503.",
+    )
     default_tenant: str = "default"
 
 

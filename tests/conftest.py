@@ -181,28 +181,33 @@ def worker(
         _stop(process)
 
 
+def start_bridge(settings: Settings, log: Path) -> subprocess.Popen[bytes]:
+    """A bridge process for `settings`, returned once /readyz answers 200."""
+    import httpx
+
+    process = _spawn("bridge", settings, log)
+    url = f"http://127.0.0.1:{settings.bridge.port}"
+    deadline = time.monotonic() + 60
+    while True:
+        if process.poll() is not None:
+            raise RuntimeError(f"bridge exited:\n{log.read_text()[-4000:]}")
+        try:
+            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                return process
+        except httpx.HTTPError:
+            pass
+        if time.monotonic() > deadline:
+            _stop(process)
+            raise RuntimeError(f"bridge not ready:\n{log.read_text()[-4000:]}")
+        time.sleep(0.3)
+
+
 @pytest.fixture(scope="session")
 def bridge_url(
     settings: Settings, worker: subprocess.Popen[bytes], tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[str]:
-    import httpx
-
-    log = tmp_path_factory.mktemp("logs") / "bridge.log"
-    process = _spawn("bridge", settings, log)
-    url = f"http://127.0.0.1:{settings.bridge.port}"
+    process = start_bridge(settings, tmp_path_factory.mktemp("logs") / "bridge.log")
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            if process.poll() is not None:
-                raise RuntimeError(f"bridge exited:\n{log.read_text()[-4000:]}")
-            try:
-                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"bridge not ready:\n{log.read_text()[-4000:]}")
-            time.sleep(0.3)
-        yield url
+        yield f"http://127.0.0.1:{settings.bridge.port}"
     finally:
         _stop(process)

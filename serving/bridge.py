@@ -33,7 +33,7 @@ from sluicegate.schemas.models import (
 from sluicegate.schemas.serde import AvroSerde
 from sluicegate.serving import openai_format as fmt
 from sluicegate.serving.idempotency import IdempotencyCache
-from sluicegate.serving.kafka_io import Journal, ReplyRouter
+from sluicegate.serving.kafka_io import AsyncProducer, ReplyRouter
 from sluicegate.serving.metrics import BridgeMetrics
 from sluicegate.settings import Settings
 
@@ -109,7 +109,7 @@ class Bridge:
             ttl_s=settings.bridge.idempotency_ttl_s,
             max_entries=settings.bridge.idempotency_max_entries,
         )
-        self.journal: Journal | None = None
+        self.journal: AsyncProducer | None = None
         self.router: ReplyRouter | None = None
         self._requests_topic = settings.topic("requests")
         self._in_flight = 0
@@ -117,7 +117,7 @@ class Bridge:
     async def start(self, _app: web.Application | None = None) -> None:
         loop = asyncio.get_running_loop()
         bootstrap = self.settings.kafka.bootstrap_servers
-        self.journal = Journal(bootstrap_servers=bootstrap, loop=loop)
+        self.journal = AsyncProducer(bootstrap_servers=bootstrap, loop=loop)
         self.router = ReplyRouter(
             bootstrap_servers=bootstrap,
             serde=self.serde,

@@ -22,8 +22,11 @@ from sluicegate.schemas.serde import AvroSerde
 log = logging.getLogger(__name__)
 
 
-class Journal:
-    """Idempotent, acks=all producer; `publish` resolves once the broker has the record."""
+class AsyncProducer:
+    """Idempotent, acks=all producer; `publish` resolves once the broker has the record.
+
+    The bridge journals requests with it; the inference worker publishes its answers with it.
+    """
 
     def __init__(self, *, bootstrap_servers: str, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
@@ -40,17 +43,19 @@ class Journal:
         self._thread = threading.Thread(target=self._poll, name="journal-poll", daemon=True)
         self._thread.start()
 
-    def publish(self, topic: str, key: str, value: bytes) -> asyncio.Future[None]:
+    def publish(self, topic: str, key: str | bytes | None, value: bytes) -> asyncio.Future[None]:
         future: asyncio.Future[None] = self._loop.create_future()
 
         def delivered(error: KafkaError | None, _message: Message) -> None:
             self._loop.call_soon_threadsafe(_settle, future, error, topic)
 
         try:
-            self._producer.produce(topic, key=key.encode(), value=value, on_delivery=delivered)
+            if isinstance(key, str):
+                key = key.encode()
+            self._producer.produce(topic, key=key, value=value, on_delivery=delivered)
         except BufferError as exc:
             raise BrokerError(
-                "the journal's local queue is full", topic=topic, retriable=True
+                "the producer's local queue is full", topic=topic, retriable=True
             ) from exc
         return future
 
@@ -79,7 +84,7 @@ def _settle(future: asyncio.Future[None], error: KafkaError | None, topic: str) 
     else:
         future.set_exception(
             BrokerError(
-                f"journal write failed: {error.str()}", topic=topic, retriable=error.retriable()
+                f"write to {topic} failed: {error.str()}", topic=topic, retriable=error.retriable()
             )
         )
 

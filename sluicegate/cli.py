@@ -1,8 +1,9 @@
 """`sluicegate`: run the pipeline on embedded defaults and look at its topics.
 
-sluicegate up          broker (if needed), topics, worker and bridge; Ctrl-C stops them
+sluicegate up          broker (if needed), topics, workers and bridge; Ctrl-C stops them
 sluicegate down        stop what `up` started, and the local broker
-sluicegate worker      the Faust worker alone
+sluicegate worker      the Faust worker (stateful stages) alone
+sluicegate inference   the inference worker (consumes the pool topics) alone
 sluicegate bridge      the HTTP bridge alone
 sluicegate topics      create missing topics and list the catalogue
 sluicegate send FILE   publish a RequestReceived from an OpenAI-style JSON body
@@ -55,7 +56,7 @@ def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
     pids = state / "up.pids"
     children = [
         _spawn(name, state / f"{name}.log" if args.detach else None)
-        for name in ("worker", "bridge")
+        for name in ("worker", "inference", "bridge")
     ]
     pids.write_text("\n".join(str(c.pid) for c in children))
     url = f"http://{settings.bridge.host}:{settings.bridge.port}"
@@ -143,6 +144,13 @@ def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
 
     sys.argv = [sys.argv[0], "worker"]  # faust.Worker reads argv
     run_worker(settings)
+    return 0
+
+
+def cmd_inference(settings: Settings, args: argparse.Namespace) -> int:
+    from sluicegate.streams.worker import run_inference
+
+    run_inference(settings)
     return 0
 
 
@@ -270,6 +278,7 @@ def parser() -> argparse.ArgumentParser:
     down = sub.add_parser("down", help="stop what `up` started")
     down.add_argument("--keep-broker", action="store_true")
     sub.add_parser("worker", help="run the Faust worker")
+    sub.add_parser("inference", help="run the inference worker")
     sub.add_parser("bridge", help="run the HTTP bridge")
     sub.add_parser("topics", help="create missing topics, list the catalogue")
     send = sub.add_parser("send", help="publish a request event from a JSON body")
@@ -287,6 +296,7 @@ COMMANDS = {
     "up": cmd_up,
     "down": cmd_down,
     "worker": cmd_worker,
+    "inference": cmd_inference,
     "bridge": cmd_bridge,
     "topics": cmd_topics,
     "send": cmd_send,

@@ -1,4 +1,7 @@
-"""The Faust app: the admission and inference agents, wired to their processors.
+"""The Faust app: the stateful stages' agents (today: admission), wired to their processors.
+
+Inference is not here: serving replicas are stateless and consume their pool topics with
+librdkafka directly (serving/inference_worker.py).
 
 Agents are thin: read raw bytes, decode through the serde (a record that does not decode goes to
 the dead-letter topic with the reason, instead of being skipped inside a codec), hand the event
@@ -9,18 +12,16 @@ wire format (and the registry's ids) is the only codec.
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import faust
 from faust.types import EventT
 
-from sluicegate.connectors.ports import InferenceBackend
 from sluicegate.processors.admission import Admission
 from sluicegate.processors.envelope import Emit
-from sluicegate.processors.inference import InferenceStage
 from sluicegate.processors.rejection import internal_error
-from sluicegate.schemas.models import Event, InferenceTask, RequestReceived
+from sluicegate.schemas.models import Event, RequestReceived
 from sluicegate.schemas.serde import AvroSerde
 from sluicegate.settings import Settings
 from sluicegate.streams.dlq import dead_letter
@@ -101,9 +102,7 @@ async def consume(
                 await publisher.emit(internal_error(decoded, stage=stage, error=error))
 
 
-def create_app(
-    settings: Settings, *, serde: AvroSerde, backends: Mapping[str, InferenceBackend]
-) -> faust.App:
+def create_app(settings: Settings, *, serde: AvroSerde) -> faust.App:
     app = faust.App(
         settings.worker.app_id,
         broker=f"kafka://{settings.kafka.bootstrap_servers}",
@@ -122,14 +121,9 @@ def create_app(
     )
     publisher = Publisher(app=app, settings=settings, serde=serde)
     admission = Admission(settings=settings)
-    inference = InferenceStage(backends=backends)
 
     async def admit(request: RequestReceived) -> None:
         for emit in admission.run(request):
-            await publisher.emit(emit)
-
-    async def infer(task: InferenceTask) -> None:
-        async for emit in inference.run(task):
             await publisher.emit(emit)
 
     @app.agent(publisher.topic(settings.topic("requests")), name="admission")
@@ -142,21 +136,5 @@ def create_app(
             stage="admission",
             handle=admit,
         )
-
-    inference_topics = [publisher.topic(settings.topic(f"inference.{p}")) for p in settings.pools]
-    for pool, topic in zip(settings.pools, inference_topics, strict=True):
-
-        @app.agent(
-            topic, name=f"inference-{pool}", concurrency=settings.worker.inference_concurrency
-        )
-        async def inference_agent(stream: faust.StreamT) -> None:
-            await consume(
-                stream,
-                publisher=publisher,
-                serde=serde,
-                model=InferenceTask,
-                stage="inference",
-                handle=infer,
-            )
 
     return app

@@ -1,11 +1,18 @@
-"""The worker process: topics, schemas and backends are made ready once, then Faust runs."""
+"""The worker processes: topics and schemas are made ready once, then the loop runs.
+
+`run_worker` is the Faust worker of the stateful stages; `run_inference` the serving loop that
+consumes the pool topics (serving/inference_worker.py).
+"""
 
 from __future__ import annotations
+
+import asyncio
 
 import faust
 
 from sluicegate.connectors.inference import build_backend
 from sluicegate.connectors.schema_registry import build_serde
+from sluicegate.serving.inference_worker import serve
 from sluicegate.settings import Settings
 from sluicegate.streams.app import create_app
 from sluicegate.streams.topics import ensure_topics
@@ -14,8 +21,17 @@ from sluicegate.streams.topics import ensure_topics
 def run_worker(settings: Settings, *, loglevel: str = "INFO") -> None:
     """Blocks until the worker is stopped (SIGINT/SIGTERM)."""
     ensure_topics(settings)
-    serde = build_serde(settings)
-    backends = {d.name: build_backend(d) for d in settings.deployments}
-    app = create_app(settings, serde=serde, backends=backends)
+    app = create_app(settings, serde=build_serde(settings))
     worker = faust.Worker(app, loglevel=loglevel, quiet=True)
     worker.execute_from_commandline()
+
+
+def run_inference(settings: Settings) -> None:
+    """Blocks until stopped (SIGINT/SIGTERM)."""
+    import logging
+
+    logging.basicConfig(level=logging.INFO, format="[%(asctime)s] [%(levelname)s] %(message)s")
+    ensure_topics(settings)
+    serde = build_serde(settings)
+    backends = {d.name: build_backend(d) for d in settings.deployments}
+    asyncio.run(serve(settings, serde, backends))

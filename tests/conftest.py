@@ -144,8 +144,10 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
         process.kill()
 
 
-def _wait_for_group(settings: Settings, process: subprocess.Popen[bytes], log: Path) -> None:
-    """Ready once the worker's consumer group is stable with partitions assigned."""
+def _wait_for_group(
+    group_id: str, settings: Settings, process: subprocess.Popen[bytes], log: Path
+) -> None:
+    """Ready once the consumer group is stable with partitions assigned."""
     from confluent_kafka import ConsumerGroupState
     from confluent_kafka.admin import AdminClient
 
@@ -155,9 +157,7 @@ def _wait_for_group(settings: Settings, process: subprocess.Popen[bytes], log: P
         if process.poll() is not None:
             raise RuntimeError(f"worker exited:\n{log.read_text()[-4000:]}")
         try:
-            group = admin.describe_consumer_groups([settings.worker.app_id])[
-                settings.worker.app_id
-            ].result(5)
+            group = admin.describe_consumer_groups([group_id])[group_id].result(5)
             if group.state == ConsumerGroupState.STABLE and any(
                 m.assignment.topic_partitions for m in group.members
             ):
@@ -172,13 +172,19 @@ def _wait_for_group(settings: Settings, process: subprocess.Popen[bytes], log: P
 def worker(
     settings: Settings, topics: list[str], tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[subprocess.Popen[bytes]]:
-    log = tmp_path_factory.mktemp("logs") / "worker.log"
-    process = _spawn("worker", settings, log)
+    """The Faust worker and the inference worker, both with their partitions assigned."""
+    logs = tmp_path_factory.mktemp("logs")
+    faust_worker = _spawn("worker", settings, logs / "worker.log")
+    inference = _spawn("inference", settings, logs / "inference.log")
     try:
-        _wait_for_group(settings, process, log)
-        yield process
+        _wait_for_group(settings.worker.app_id, settings, faust_worker, logs / "worker.log")
+        _wait_for_group(
+            f"{settings.worker.app_id}-inference", settings, inference, logs / "inference.log"
+        )
+        yield faust_worker
     finally:
-        _stop(process)
+        _stop(inference)
+        _stop(faust_worker)
 
 
 def start_bridge(settings: Settings, log: Path) -> subprocess.Popen[bytes]:

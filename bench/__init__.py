@@ -1,0 +1,1 @@
+"""Benchmarks that print numbers (never assert them); see docs/benchmarks.md."""

@@ -1,0 +1,3 @@
+module sluicegate/bench/loadgen
+
+go 1.22

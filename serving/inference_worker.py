@@ -1,0 +1,214 @@
+"""The inference worker: consumes `sg.inference.<pool>` and runs each task on its backend.
+
+Serving replicas are stateless, so they need no Faust tables; they run on librdkafka
+(confluent-kafka) directly, which costs far less CPU per record than Faust's aiokafka path and
+leaves the Faust worker's core to the stateful stages. Ray Serve replicas (issue 8) wrap this
+same loop.
+
+Many tasks run at once (`worker.inference_concurrency`); offsets are stored only up to the
+oldest task still running, and only after its answer is acknowledged by the broker, so a crash
+re-delivers unfinished tasks (at-least-once) and never skips one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
+
+from confluent_kafka import Consumer, KafkaError, Message, TopicPartition
+
+from sluicegate.connectors.ports import InferenceBackend
+from sluicegate.processors.envelope import Emit
+from sluicegate.processors.inference import InferenceStage
+from sluicegate.processors.rejection import internal_error
+from sluicegate.schemas.models import InferenceTask
+from sluicegate.schemas.serde import AvroSerde
+from sluicegate.serving.kafka_io import AsyncProducer
+from sluicegate.settings import Settings
+from sluicegate.streams.dlq import dead_letter
+
+log = logging.getLogger(__name__)
+STAGE = "inference"
+
+
+class OffsetTracker:
+    """Per partition: the offsets in progress; what may be committed is the oldest of them."""
+
+    def __init__(self) -> None:
+        self._running: dict[tuple[str, int], set[int]] = {}
+        self._next: dict[tuple[str, int], int] = {}
+
+    def start(self, topic: str, partition: int, offset: int) -> None:
+        self._running.setdefault((topic, partition), set()).add(offset)
+        key = (topic, partition)
+        self._next[key] = max(self._next.get(key, 0), offset + 1)
+
+    def finish(self, topic: str, partition: int, offset: int) -> int | None:
+        """The offset to commit now for this partition, or None if nothing advanced."""
+        running = self._running.get((topic, partition))
+        if running is None or offset not in running:
+            return None  # revoked meanwhile
+        oldest = min(running)
+        running.discard(offset)
+        if offset != oldest:
+            return None
+        return min(running) if running else self._next[(topic, partition)]
+
+    def forget(self, partitions: list[TopicPartition]) -> None:
+        for tp in partitions:
+            self._running.pop((tp.topic, tp.partition), None)
+            self._next.pop((tp.topic, tp.partition), None)
+
+
+class InferenceWorker:
+    def __init__(
+        self,
+        *,
+        settings: Settings,
+        serde: AvroSerde,
+        backends: Mapping[str, InferenceBackend],
+        pools: list[str] | None = None,
+    ) -> None:
+        self._settings = settings
+        self._serde = serde
+        self._stage = InferenceStage(backends=backends)
+        self._topics = [settings.topic(f"inference.{p}") for p in (pools or settings.pools)]
+        self._tracker = OffsetTracker()
+        self._fetcher = ThreadPoolExecutor(1, thread_name_prefix="inference-fetch")
+        self._consumer = Consumer(
+            {
+                "bootstrap.servers": settings.kafka.bootstrap_servers,
+                "group.id": f"{settings.worker.app_id}-inference",
+                "client.id": f"inference-{uuid.uuid4().hex[:8]}",
+                "enable.auto.commit": True,
+                "enable.auto.offset.store": False,
+                "auto.commit.interval.ms": 1000,
+                "auto.offset.reset": "earliest",
+                "fetch.wait.max.ms": 50,
+                "socket.nagle.disable": True,
+            }
+        )
+        self._producer: AsyncProducer | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        loop = asyncio.get_running_loop()
+        self._producer = AsyncProducer(
+            bootstrap_servers=self._settings.kafka.bootstrap_servers, loop=loop
+        )
+        self._consumer.subscribe(self._topics, on_revoke=self._on_revoke)
+        slots = asyncio.Semaphore(self._settings.worker.inference_concurrency)
+        try:
+            while not stop.is_set():
+                for message in await loop.run_in_executor(self._fetcher, self._fetch):
+                    await slots.acquire()
+                    self._tracker.start(message.topic(), message.partition(), message.offset())
+                    task = asyncio.create_task(self._process(message))
+                    self._tasks.add(task)
+                    task.add_done_callback(self._tasks.discard)
+                    task.add_done_callback(lambda _t: slots.release())
+        finally:
+            if self._tasks:
+                await asyncio.wait(self._tasks, timeout=30)
+            await loop.run_in_executor(self._fetcher, self._consumer.close)
+            await loop.run_in_executor(None, self._producer.close)
+            self._fetcher.shutdown(wait=False)
+
+    def _fetch(self) -> list[Message]:
+        """Block for one record, then take whatever else is already fetched (no batching wait)."""
+        first = self._consumer.poll(0.2)
+        if first is None:
+            return []
+        messages = [first, *self._consumer.consume(num_messages=256, timeout=0)]
+        wanted = []
+        for message in messages:
+            error = message.error()
+            if error is None:
+                wanted.append(message)
+            elif error.code() != KafkaError._PARTITION_EOF:
+                log.warning("inference consumer: %s", error)
+        return wanted
+
+    def _on_revoke(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self._tracker.forget(partitions)
+
+    async def _process(self, message: Message) -> None:
+        value = message.value() or b""
+        task: InferenceTask | None = None
+        pending: list[asyncio.Future[None]] = []
+        try:
+            try:
+                task = self._serde.decode_as(value, InferenceTask)
+                async for emit in self._stage.run(task):
+                    pending.append(self._publish(emit))
+            except Exception as error:  # one bad record must never stop the worker
+                pending.append(self._dead_letter(message, error))
+                if task is not None:
+                    pending.append(self._publish(internal_error(task, stage=STAGE, error=error)))
+            await asyncio.gather(*pending)
+        except Exception:
+            # Not acknowledged by the broker: leave the offset unstored so the task comes back.
+            log.exception(
+                "inference: could not publish the outcome of %s[%s]@%s",
+                message.topic(),
+                message.partition(),
+                message.offset(),
+            )
+            return
+        commit = self._tracker.finish(message.topic(), message.partition(), message.offset())
+        if commit is not None:
+            try:
+                self._consumer.store_offsets(
+                    offsets=[TopicPartition(message.topic(), message.partition(), commit)]
+                )
+            except Exception as error:  # partition revoked between finish and store
+                log.debug("inference: offset not stored: %s", error)
+
+    def _publish(self, emit: Emit) -> asyncio.Future[None]:
+        assert self._producer is not None
+        return self._producer.publish(
+            self._settings.topic(emit.topic), emit.key, self._serde.encode(emit.event)
+        )
+
+    def _dead_letter(self, message: Message, error: BaseException) -> asyncio.Future[None]:
+        assert self._producer is not None
+        record = dead_letter(
+            topic=message.topic(),
+            partition=message.partition(),
+            offset=message.offset(),
+            key=message.key(),
+            value=message.value() or b"",
+            error=error,
+            stage=STAGE,
+        )
+        log.warning(
+            "dead-lettered %s[%s]@%s: %s",
+            message.topic(),
+            message.partition(),
+            message.offset(),
+            error,
+        )
+        return self._producer.publish(
+            f"{message.topic()}.dlq", message.key(), self._serde.encode(record)
+        )
+
+
+async def serve(
+    settings: Settings, serde: AvroSerde, backends: Mapping[str, InferenceBackend]
+) -> None:
+    """Run until SIGINT/SIGTERM."""
+    import signal
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    worker = InferenceWorker(settings=settings, serde=serde, backends=backends)
+    try:
+        await worker.run(stop)
+    finally:
+        for backend in backends.values():
+            await backend.aclose()

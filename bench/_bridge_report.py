@@ -37,8 +37,13 @@ def _row(cell: dict[str, Any]) -> list[str]:
     errors = str(r["errors"])
     if r["error_kinds"]:
         errors += " (" + ", ".join(f"{k} {v}" for k, v in sorted(r["error_kinds"].items())) + ")"
-    row = [f"{r['achieved_rps']:.1f}", _ms(lat.get("p50")), _ms(lat.get("p95")),
-           _ms(lat.get("p99")), errors]
+    row = [
+        f"{r['achieved_rps']:.1f}",
+        _ms(lat.get("p50")),
+        _ms(lat.get("p95")),
+        _ms(lat.get("p99")),
+        errors,
+    ]
     if cell["mode"] == "open":
         row.append(queue_state(cell))
     return row
@@ -51,41 +56,57 @@ def _cells(report: dict[str, Any], mode: str) -> list[dict[str, Any]]:
 
 
 def render_table(report: dict[str, Any]) -> str:
-    lines = [f"{'load':<16} {'target':<11} {'req/s':>8} {'p50 ms':>8} {'p95 ms':>8} "
-             f"{'p99 ms':>8}  errors / queue"]
+    lines = [
+        f"{'load':<16} {'target':<11} {'req/s':>8} {'p50 ms':>8} {'p95 ms':>8} "
+        f"{'p99 ms':>8}  errors / queue"
+    ]
     for mode, unit in (("open", "req/s"), ("closed", "conc")):
         for cell in _cells(report, mode):
             row = _row(cell)
             tail = row[4] + (f" / {row[5]}" if mode == "open" else "")
             load = f"{mode} {cell['level']} {unit}"
-            lines.append(f"{load:<16} {cell['target']:<11} "
-                         f"{row[0]:>8} {row[1]:>8} {row[2]:>8} {row[3]:>8}  {tail}")
+            lines.append(
+                f"{load:<16} {cell['target']:<11} "
+                f"{row[0]:>8} {row[1]:>8} {row[2]:>8} {row[3]:>8}  {tail}"
+            )
     lines.append("")
     lines.extend(verdict(report))
     return "\n".join(lines)
 
 
 def _find(report: dict[str, Any], target: str, mode: str, level: int) -> dict[str, Any] | None:
-    return next((c for c in report["cells"]
-                 if c["target"] == target and c["mode"] == mode and c["level"] == level), None)
+    return next(
+        (
+            c
+            for c in report["cells"]
+            if c["target"] == target and c["mode"] == mode and c["level"] == level
+        ),
+        None,
+    )
 
 
 def verdict(report: dict[str, Any]) -> list[str]:
     out = []
-    sg, lt = _find(report, "sluicegate", "open", TARGET_RATE), _find(report, "litellm", "open",
-                                                                      TARGET_RATE)
+    sg, lt = (
+        _find(report, "sluicegate", "open", TARGET_RATE),
+        _find(report, "litellm", "open", TARGET_RATE),
+    )
     if sg and lt and sg["result"]["latency_ms"] and lt["result"]["latency_ms"]:
         p_sg, p_lt = sg["result"]["latency_ms"]["p99"], lt["result"]["latency_ms"]["p99"]
         met = "met" if p_sg <= 0.5 * p_lt and queue_state(sg) == "steady" else "NOT met"
-        out.append(f"- p99 at {TARGET_RATE} req/s: sluicegate {p_sg:.1f} ms vs LiteLLM "
-                   f"{p_lt:.1f} ms = {p_sg / p_lt:.2f}x (target <= 0.50x): {met}")
+        out.append(
+            f"- p99 at {TARGET_RATE} req/s: sluicegate {p_sg:.1f} ms vs LiteLLM "
+            f"{p_lt:.1f} ms = {p_sg / p_lt:.2f}x (target <= 0.50x): {met}"
+        )
     hold = _find(report, "sluicegate", "open", HOLD_RATE)
     if hold:
         state = queue_state(hold)
         r = hold["result"]
-        out.append(f"- sluicegate at {HOLD_RATE} req/s: {state} ({r['achieved_rps']:.0f} req/s "
-                   f"achieved, p99 {_ms(r['latency_ms'].get('p99'))} ms, {r['errors']} errors): "
-                   f"{'met' if state == 'steady' else 'NOT met'}")
+        out.append(
+            f"- sluicegate at {HOLD_RATE} req/s: {state} ({r['achieved_rps']:.0f} req/s "
+            f"achieved, p99 {_ms(r['latency_ms'].get('p99'))} ms, {r['errors']} errors): "
+            f"{'met' if state == 'steady' else 'NOT met'}"
+        )
     return out
 
 
@@ -95,10 +116,21 @@ def _cpu_rows(report: dict[str, Any]) -> list[list[str]]:
         pct = cell["cpu"]["roles_pct"]
         proxy = pct.get("bridge", pct.get("litellm"))
         load = f"{cell['mode']} {cell['level']}"
-        rows.append([load, cell["target"]] + [
-            "—" if v is None else f"{v:.0f}"
-            for v in (proxy, pct.get("worker"), pct.get("kafka"), pct.get("upstream"),
-                      pct.get("loadgen"), pct.get("other"), cell["cpu"]["machine_pct"])])
+        rows.append(
+            [load, cell["target"]]
+            + [
+                "—" if v is None else f"{v:.0f}"
+                for v in (
+                    proxy,
+                    pct.get("worker"),
+                    pct.get("kafka"),
+                    pct.get("upstream"),
+                    pct.get("loadgen"),
+                    pct.get("other"),
+                    cell["cpu"]["machine_pct"],
+                )
+            ]
+        )
     return rows
 
 
@@ -113,10 +145,20 @@ def _cost_rows(report: dict[str, Any]) -> list[list[str]]:
         per = {role: pct[role] * 10 / rps for role in pct}  # % of a core -> ms per request
         proxy = per.get("bridge", per.get("litellm"))
         own = sum(v for k, v in per.items() if k in ("bridge", "worker", "kafka", "litellm"))
-        rows.append([str(cell["level"]), cell["target"]] + [
-            "—" if v is None else f"{v:.2f}"
-            for v in (proxy, per.get("worker"), per.get("kafka"), own or None,
-                      per.get("upstream"), per.get("loadgen"))])
+        rows.append(
+            [str(cell["level"]), cell["target"]]
+            + [
+                "—" if v is None else f"{v:.2f}"
+                for v in (
+                    proxy,
+                    per.get("worker"),
+                    per.get("kafka"),
+                    own or None,
+                    per.get("upstream"),
+                    per.get("loadgen"),
+                )
+            ]
+        )
     return rows
 
 
@@ -126,12 +168,15 @@ def _threads(report: dict[str, Any]) -> str:
         return ""
     parts = []
     for role, threads in cell["cpu"]["threads_pct"].items():
-        top = ", ".join(f"{name.split('[')[0]} {pct:.0f}%" for name, pct in
-                        list(threads.items())[:6])
+        top = ", ".join(
+            f"{name.split('[')[0]} {pct:.0f}%" for name, pct in list(threads.items())[:6]
+        )
         parts.append(f"- {role}: {top}")
-    return (f"Busiest threads of the sluicegate processes at {HOLD_RATE} req/s (% of one core; "
-            "`main` is the Python thread running the event loop, `rdk:*` are librdkafka's):\n\n"
-            + "\n".join(parts))
+    return (
+        f"Busiest threads of the sluicegate processes at {HOLD_RATE} req/s (% of one core; "
+        "`main` is the Python thread running the event loop, `rdk:*` are librdkafka's):\n\n"
+        + "\n".join(parts)
+    )
 
 
 def render_docs(report: dict[str, Any]) -> str:
@@ -139,8 +184,17 @@ def render_docs(report: dict[str, Any]) -> str:
     head = ["load", "target", "achieved req/s", "p50 ms", "p95 ms", "p99 ms", "errors"]
     open_rows = [[f"{c['level']} req/s", c["target"], *_row(c)] for c in _cells(report, "open")]
     closed_rows = [[f"{c['level']}", c["target"], *_row(c)] for c in _cells(report, "closed")]
-    cpu_head = ["load", "target", "bridge / litellm", "worker", "kafka", "upstream", "loadgen",
-                "other", "machine"]
+    cpu_head = [
+        "load",
+        "target",
+        "bridge / litellm",
+        "worker",
+        "kafka",
+        "upstream",
+        "loadgen",
+        "other",
+        "machine",
+    ]
     parts = [
         f"## Bridge overhead ({report['started'][:10]})",
         f"`{report['command']}` took {report['duration_s'] / 60:.1f} minutes. Every target sits in "
@@ -168,9 +222,20 @@ def render_docs(report: dict[str, Any]) -> str:
         _report.table(cpu_head, _cpu_rows(report), "ll" + "r" * 7),
         "CPU cost per request in the closed-loop cells (CPU ms per successful request; "
         "`target total` is the proxy's own processes, for sluicegate bridge + worker + broker):",
-        _report.table(["concurrency", "target", "bridge / litellm", "worker", "kafka",
-                       "target total", "upstream", "loadgen"], _cost_rows(report),
-                      "ll" + "r" * 6),
+        _report.table(
+            [
+                "concurrency",
+                "target",
+                "bridge / litellm",
+                "worker",
+                "kafka",
+                "target total",
+                "upstream",
+                "loadgen",
+            ],
+            _cost_rows(report),
+            "ll" + "r" * 6,
+        ),
         _threads(report),
     ]
     return "\n\n".join(p for p in parts if p)

@@ -49,8 +49,13 @@ class Service:
         self.log.parent.mkdir(parents=True, exist_ok=True)
         with self.log.open("wb") as out:
             self.process = subprocess.Popen(
-                self.argv, env=self.env, cwd=self.cwd, stdout=out, stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL, start_new_session=True,
+                self.argv,
+                env=self.env,
+                cwd=self.cwd,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
             )
         return self
 
@@ -179,8 +184,9 @@ class CpuMeter:
         for role, pid in self._threads_of.items():
             before, after = self._threads[role], thread_cpu(pid)
             used = {k: 100.0 * (v - before.get(k, 0.0)) / wall for k, v in after.items()}
-            threads[role] = {k: round(v, 1) for k, v in sorted(
-                used.items(), key=lambda kv: -kv[1]) if v >= 0.5}
+            threads[role] = {
+                k: round(v, 1) for k, v in sorted(used.items(), key=lambda kv: -kv[1]) if v >= 0.5
+            }
         return {
             "wall_s": round(wall, 2),
             "machine_pct": round(machine, 1),
@@ -194,8 +200,14 @@ def _children_cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def http_status(url: str, *, method: str = "GET", body: bytes | None = None,
-                headers: dict[str, str] | None = None, timeout_s: float = 5.0) -> int:
+def http_status(
+    url: str,
+    *,
+    method: str = "GET",
+    body: bytes | None = None,
+    headers: dict[str, str] | None = None,
+    timeout_s: float = 5.0,
+) -> int:
     """The status of one request, 0 when it did not get an answer."""
     request = urllib.request.Request(url, data=body, method=method, headers=headers or {})
     try:
@@ -216,5 +228,6 @@ def wait_http(url: str, service: Service, *, timeout_s: float) -> None:
         if http_status(url, timeout_s=2) == 200:
             return
         time.sleep(0.3)
-    raise ServiceError(f"{service.name} did not answer 200 on {url} in {timeout_s:g} s:\n"
-                       f"{service.tail()}")
+    raise ServiceError(
+        f"{service.name} did not answer 200 on {url} in {timeout_s:g} s:\n{service.tail()}"
+    )

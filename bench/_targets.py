@@ -66,9 +66,17 @@ def start_upstream(log_dir: Path) -> Target:
     port = free_port()
     service = Service(
         "upstream",
-        [sys.executable, "-m", "tests.fakes.openai_upstream",
-         "--port", str(port), "--delay-ms", "0"],
-        log_dir / "upstream.log", cwd=REPO_ROOT,
+        [
+            sys.executable,
+            "-m",
+            "tests.fakes.openai_upstream",
+            "--port",
+            str(port),
+            "--delay-ms",
+            "0",
+        ],
+        log_dir / "upstream.log",
+        cwd=REPO_ROOT,
     ).start()
     base = f"http://127.0.0.1:{port}"
     try:
@@ -95,13 +103,25 @@ def ensure_broker(bootstrap: str) -> None:
     """Start the local jar broker unless one answers (the script reuses a running broker)."""
     port = bootstrap.rsplit(":", 1)[-1]
     env = {**os.environ, "SLUICEGATE_KAFKA_PORT": port}
-    subprocess.run(["bash", str(REPO_ROOT / "infra" / "kafka" / "kafka.sh"), "start"],
-                   check=True, env=env, capture_output=True, timeout=300)
+    subprocess.run(
+        ["bash", str(REPO_ROOT / "infra" / "kafka" / "kafka.sh"), "start"],
+        check=True,
+        env=env,
+        capture_output=True,
+        timeout=300,
+    )
 
 
-def start_sluicegate(*, upstream_base: str, bootstrap: str, log_dir: Path, run_id: str,
-                     inference_concurrency: int, request_timeout_s: float,
-                     workers: int = 1) -> Target:
+def start_sluicegate(
+    *,
+    upstream_base: str,
+    bootstrap: str,
+    log_dir: Path,
+    run_id: str,
+    inference_concurrency: int,
+    request_timeout_s: float,
+    workers: int = 1,
+) -> Target:
     from sluicegate.settings import (
         BridgeSettings,
         Deployment,
@@ -116,15 +136,28 @@ def start_sluicegate(*, upstream_base: str, bootstrap: str, log_dir: Path, run_i
     settings = Settings(
         kafka=KafkaSettings(bootstrap_servers=bootstrap, topic_prefix=f"bench{run_id}."),
         bridge=BridgeSettings(port=free_port(), request_timeout_s=request_timeout_s),
-        worker=WorkerSettings(app_id=f"sluicegate-bench-{run_id}",
-                              inference_concurrency=inference_concurrency, data_dir=data_dir),
-        deployments=[Deployment(name="up", backend="openai", provider_model="fake",
-                                base_url=upstream_base, api_key_env="BENCH_KEY")],
+        worker=WorkerSettings(
+            app_id=f"sluicegate-bench-{run_id}",
+            inference_concurrency=inference_concurrency,
+            data_dir=data_dir,
+        ),
+        deployments=[
+            Deployment(
+                name="up",
+                backend="openai",
+                provider_model="fake",
+                base_url=upstream_base,
+                api_key_env="BENCH_KEY",
+            )
+        ],
         models=[ModelAlias(name="bench", deployments=["up"], description="bench upstream")],
     )
     dumped = settings.model_dump(mode="json")
-    env = {**os.environ, "BENCH_KEY": "sk-bench",
-           **{f"SLUICEGATE_{k.upper()}": json.dumps(v) for k, v in dumped.items()}}
+    env = {
+        **os.environ,
+        "BENCH_KEY": "sk-bench",
+        **{f"SLUICEGATE_{k.upper()}": json.dumps(v) for k, v in dumped.items()},
+    }
     url = f"http://127.0.0.1:{settings.bridge.port}"
     target = Target("sluicegate", f"{url}{CHAT}", {}, extra_pids={"kafka": broker_pid()})
     target.cleanup.append(lambda: shutil.rmtree(data_dir, ignore_errors=True))
@@ -133,18 +166,20 @@ def start_sluicegate(*, upstream_base: str, bootstrap: str, log_dir: Path, run_i
         cli = [sys.executable, "-m", "sluicegate.cli"]
         for i in range(workers):  # one consumer group; more processes share its partitions
             name = "worker" if i == 0 else f"worker{i + 1}"
-            worker = Service(name, [*cli, "worker"], log_dir / f"{name}.log", env=env,
-                             cwd=REPO_ROOT)
+            worker = Service(
+                name, [*cli, "worker"], log_dir / f"{name}.log", env=env, cwd=REPO_ROOT
+            )
             target.services[name] = worker.start()
         faust_workers = list(target.services.values())
-        inference = Service("inference", [*cli, "inference"], log_dir / "inference.log",
-                            env=env, cwd=REPO_ROOT)
+        inference = Service(
+            "inference", [*cli, "inference"], log_dir / "inference.log", env=env, cwd=REPO_ROOT
+        )
         target.services["inference"] = inference.start()
         _wait_for_group(bootstrap, settings.worker.app_id, faust_workers, timeout_s=120)
-        _wait_for_group(bootstrap, f"{settings.worker.app_id}-inference", [inference],
-                        timeout_s=120)
-        bridge = Service("bridge", [*cli, "bridge"], log_dir / "bridge.log", env=env,
-                         cwd=REPO_ROOT)
+        _wait_for_group(
+            bootstrap, f"{settings.worker.app_id}-inference", [inference], timeout_s=120
+        )
+        bridge = Service("bridge", [*cli, "bridge"], log_dir / "bridge.log", env=env, cwd=REPO_ROOT)
         target.services = {"bridge": bridge.start(), **target.services}
         wait_http(f"{url}/readyz", bridge, timeout_s=60)
     except BaseException:
@@ -153,8 +188,9 @@ def start_sluicegate(*, upstream_base: str, bootstrap: str, log_dir: Path, run_i
     return target
 
 
-def _wait_for_group(bootstrap: str, group_id: str, workers: list[Service], *,
-                    timeout_s: float) -> None:
+def _wait_for_group(
+    bootstrap: str, group_id: str, workers: list[Service], *, timeout_s: float
+) -> None:
     """Ready once the workers' consumer group is Stable, each member with partitions."""
     from confluent_kafka import ConsumerGroupState
     from confluent_kafka.admin import AdminClient
@@ -182,8 +218,11 @@ def _delete_kafka_state(settings: Settings) -> None:
 
     kafka, worker = settings.kafka, settings.worker
     admin = AdminClient({"bootstrap.servers": kafka.bootstrap_servers})
-    names = [t for t in admin.list_topics(timeout=10).topics
-             if t.startswith(kafka.topic_prefix) or t.startswith(f"{worker.app_id}-")]
+    names = [
+        t
+        for t in admin.list_topics(timeout=10).topics
+        if t.startswith(kafka.topic_prefix) or t.startswith(f"{worker.app_id}-")
+    ]
     for future in admin.delete_topics(names, operation_timeout=30).values() if names else []:
         future.result(30)
     groups = [worker.app_id, f"{worker.app_id}-inference"]
@@ -206,8 +245,13 @@ def ensure_litellm(version: str, log_dir: Path) -> Path:
         subprocess.run([sys.executable, "-m", "venv", str(LITELLM_VENV)], check=True, timeout=120)
     print(f"installing litellm[proxy]=={version} into {LITELLM_VENV} ...", flush=True)
     with (log_dir / "litellm-install.log").open("wb") as out:
-        subprocess.run([str(python), "-m", "pip", "install", f"litellm[proxy]=={version}"],
-                       check=True, stdout=out, stderr=subprocess.STDOUT, timeout=1200)
+        subprocess.run(
+            [str(python), "-m", "pip", "install", f"litellm[proxy]=={version}"],
+            check=True,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            timeout=1200,
+        )
     return litellm
 
 
@@ -217,7 +261,10 @@ def litellm_version() -> str | None:
         return None
     out = subprocess.run(
         [str(python), "-c", "import importlib.metadata as m; print(m.version('litellm'))"],
-        capture_output=True, text=True, timeout=60)
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     return out.stdout.strip() if out.returncode == 0 else None
 
 
@@ -247,8 +294,9 @@ general_settings:
 """
 
 
-def start_litellm(*, upstream_base: str, log_dir: Path, version: str, workers: int,
-                  master_key: str) -> Target:
+def start_litellm(
+    *, upstream_base: str, log_dir: Path, version: str, workers: int, master_key: str
+) -> Target:
     litellm = ensure_litellm(version, log_dir)
     config = log_dir / "litellm.yaml"
     config.write_text(LITELLM_CONFIG.format(api_base=upstream_base))
@@ -266,9 +314,20 @@ def start_litellm(*, upstream_base: str, log_dir: Path, version: str, workers: i
     }
     service = Service(
         "litellm",
-        [str(litellm), "--config", str(config), "--host", "127.0.0.1", "--port", str(port),
-         "--num_workers", str(workers)],
-        log_dir / "litellm.log", env=env, cwd=log_dir,
+        [
+            str(litellm),
+            "--config",
+            str(config),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--num_workers",
+            str(workers),
+        ],
+        log_dir / "litellm.log",
+        env=env,
+        cwd=log_dir,
     ).start()
     base = f"http://127.0.0.1:{port}"
     try:
@@ -286,6 +345,11 @@ def new_master_key() -> str:
 def probe(url: str, body: bytes, headers: dict[str, str], timeout_s: float = 10.0) -> float | None:
     """Seconds one request took, or None when it failed."""
     start = time.perf_counter()
-    status = http_status(url, method="POST", body=body, timeout_s=timeout_s,
-                         headers={"Content-Type": "application/json", **headers})
+    status = http_status(
+        url,
+        method="POST",
+        body=body,
+        timeout_s=timeout_s,
+        headers={"Content-Type": "application/json", **headers},
+    )
     return time.perf_counter() - start if status == 200 else None

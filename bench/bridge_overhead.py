@@ -54,26 +54,44 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         return [int(v) for v in text.split(",") if v.strip()]
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--targets", default=",".join(TARGETS),
-                        help=f"comma-separated subset of {','.join(TARGETS)}")
-    parser.add_argument("--rates", type=ints, default=[50, 150, 500, 1000],
-                        help="open-loop offered rates, req/s")
-    parser.add_argument("--concurrency", type=ints, default=[1, 16, 64],
-                        help="closed-loop concurrency levels")
+    parser.add_argument(
+        "--targets",
+        default=",".join(TARGETS),
+        help=f"comma-separated subset of {','.join(TARGETS)}",
+    )
+    parser.add_argument(
+        "--rates", type=ints, default=[50, 150, 500, 1000], help="open-loop offered rates, req/s"
+    )
+    parser.add_argument(
+        "--concurrency", type=ints, default=[1, 16, 64], help="closed-loop concurrency levels"
+    )
     parser.add_argument("--duration", type=float, default=20.0, help="open-loop seconds per rate")
-    parser.add_argument("--closed-duration", type=float, default=15.0,
-                        help="closed-loop seconds per level")
+    parser.add_argument(
+        "--closed-duration", type=float, default=15.0, help="closed-loop seconds per level"
+    )
     parser.add_argument("--warmup", type=float, default=3.0, help="unmeasured seconds per cell")
     parser.add_argument("--timeout", type=float, default=15.0, help="per-request timeout, s")
-    parser.add_argument("--max-inflight", type=int, default=4000,
-                        help="open loop: due requests beyond this many in flight are shed")
-    parser.add_argument("--quick", action="store_true",
-                        help="smoke run: 4 s per open-loop rate, 3 s per level, 1 s warm-up")
+    parser.add_argument(
+        "--max-inflight",
+        type=int,
+        default=4000,
+        help="open loop: due requests beyond this many in flight are shed",
+    )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="smoke run: 4 s per open-loop rate, 3 s per level, 1 s warm-up",
+    )
     parser.add_argument("--kafka-bootstrap", default="127.0.0.1:9092")
-    parser.add_argument("--inference-concurrency", type=int, default=32,
-                        help="sluicegate worker's inference_concurrency")
-    parser.add_argument("--sg-workers", type=int, default=1,
-                        help="sluicegate worker processes (one consumer group)")
+    parser.add_argument(
+        "--inference-concurrency",
+        type=int,
+        default=32,
+        help="sluicegate worker's inference_concurrency",
+    )
+    parser.add_argument(
+        "--sg-workers", type=int, default=1, help="sluicegate worker processes (one consumer group)"
+    )
     parser.add_argument("--litellm-version", default="1.106.2")
     parser.add_argument("--litellm-workers", type=int, default=2)
     parser.add_argument("--no-docs", action="store_true", help="do not touch docs/benchmarks.md")
@@ -90,16 +108,26 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def build_loadgen() -> Path:
     binary = BENCH_HOME / "bin" / "loadgen"
     binary.parent.mkdir(parents=True, exist_ok=True)
-    subprocess.run(["go", "build", "-buildvcs=false", "-o", str(binary), "."],
-                   cwd=REPO_ROOT / "bench" / "loadgen", check=True, timeout=300)
+    subprocess.run(
+        ["go", "build", "-buildvcs=false", "-o", str(binary), "."],
+        cwd=REPO_ROOT / "bench" / "loadgen",
+        check=True,
+        timeout=300,
+    )
     return binary
 
 
 class Runner:
     """Runs the matrix against one target at a time."""
 
-    def __init__(self, args: argparse.Namespace, loadgen: Path, run_dir: Path,
-                 upstream: Target, headers: dict[str, str]) -> None:
+    def __init__(
+        self,
+        args: argparse.Namespace,
+        loadgen: Path,
+        run_dir: Path,
+        upstream: Target,
+        headers: dict[str, str],
+    ) -> None:
         self.args = args
         self.loadgen = loadgen
         self.run_dir = run_dir
@@ -139,35 +167,52 @@ class Runner:
     def cell(self, target: Target, mode: str, level: int) -> dict[str, Any]:
         args = self.args
         duration = args.duration if mode == "open" else args.closed_duration
-        argv = [str(self.loadgen), "-url", target.url, "-body-file", str(self.body_file),
-                "-mode", mode, f"-duration={duration}s", f"-warmup={args.warmup}s",
-                f"-timeout={args.timeout}s", f"-max-inflight={args.max_inflight}"]
+        argv = [
+            str(self.loadgen),
+            "-url",
+            target.url,
+            "-body-file",
+            str(self.body_file),
+            "-mode",
+            mode,
+            f"-duration={duration}s",
+            f"-warmup={args.warmup}s",
+            f"-timeout={args.timeout}s",
+            f"-max-inflight={args.max_inflight}",
+        ]
         argv += ["-rate", str(level)] if mode == "open" else ["-concurrency", str(level)]
         for name, value in self.headers.items():
             argv += ["-H", f"{name}: {value}"]
-        http_status(self.upstream.url.replace("/v1/chat/completions", "/__fake__/reset"),
-                    method="POST", body=b"")  # the fake keeps every body it was sent
+        http_status(
+            self.upstream.url.replace("/v1/chat/completions", "/__fake__/reset"),
+            method="POST",
+            body=b"",
+        )  # the fake keeps every body it was sent
         if "kafka" in target.extra_pids:  # the shared broker may have been restarted
             target.extra_pids["kafka"] = broker_pid()
-        roles = {**target.roles(), **(self.upstream.roles() if target is not self.upstream
-                                      else {})}
+        roles = {**target.roles(), **(self.upstream.roles() if target is not self.upstream else {})}
         threads_of = {r: s.pid for r, s in target.services.items() if r in ("bridge", "worker")}
         meter = CpuMeter(roles, threads_of)
         meter.start()
-        out = subprocess.run(argv, capture_output=True, text=True,
-                             timeout=args.warmup + duration + args.timeout + 60)
+        out = subprocess.run(
+            argv, capture_output=True, text=True, timeout=args.warmup + duration + args.timeout + 60
+        )
         cpu = meter.stop()
         if out.returncode != 0:
             raise RuntimeError(f"loadgen failed ({out.returncode}): {out.stderr[-2000:]}")
         target.check()
-        return {"target": target.name, "mode": mode, "level": level,
-                "result": json.loads(out.stdout), "cpu": cpu}
+        return {
+            "target": target.name,
+            "mode": mode,
+            "level": level,
+            "result": json.loads(out.stdout),
+            "cpu": cpu,
+        }
 
     def matrix(self, target: Target, on_cell: Callable[[dict[str, Any]], None]) -> float:
         """Runs every cell, handing each to `on_cell`; returns the warm-up median, seconds."""
         baseline = self.warm_up(target)
-        print(f"[{target.name}] warm-up ok, sequential median {baseline * 1000:.1f} ms",
-              flush=True)
+        print(f"[{target.name}] warm-up ok, sequential median {baseline * 1000:.1f} ms", flush=True)
         plan = [("closed", c) for c in self.args.concurrency]
         plan += [("open", r) for r in self.args.rates]
         for mode, level in plan:
@@ -176,14 +221,18 @@ class Runner:
             on_cell(cell)
             r = cell["result"]
             p50, p99 = (r["latency_ms"].get(p, float("nan")) for p in ("p50", "p99"))
-            print(f"[{target.name}] {mode:>6} {level:>5}: {r['achieved_rps']:8.1f} req/s  "
-                  f"p50 {p50:8.2f}  p99 {p99:8.2f} ms  errors {r['errors']}  "
-                  f"cpu {cell['cpu']['roles_pct']}", flush=True)
+            print(
+                f"[{target.name}] {mode:>6} {level:>5}: {r['achieved_rps']:8.1f} req/s  "
+                f"p50 {p50:8.2f}  p99 {p99:8.2f} ms  errors {r['errors']}  "
+                f"cpu {cell['cpu']['roles_pct']}",
+                flush=True,
+            )
         return baseline
 
 
-def run_targets(args: argparse.Namespace, loadgen: Path, run_dir: Path, run_id: str,
-                report: dict[str, Any]) -> None:
+def run_targets(
+    args: argparse.Namespace, loadgen: Path, run_dir: Path, run_id: str, report: dict[str, Any]
+) -> None:
     """The matrix against each target in turn; each is stopped before the next one starts."""
     headers = {"Authorization": f"Bearer {new_master_key()}"}  # LiteLLM wants a key; all get it
     upstream = start_upstream(run_dir)
@@ -194,15 +243,22 @@ def run_targets(args: argparse.Namespace, loadgen: Path, run_dir: Path, run_id: 
             target = upstream
             if name == "sluicegate":
                 target = start_sluicegate(
-                    upstream_base=upstream_base, bootstrap=args.kafka_bootstrap,
-                    log_dir=run_dir, run_id=run_id,
+                    upstream_base=upstream_base,
+                    bootstrap=args.kafka_bootstrap,
+                    log_dir=run_dir,
+                    run_id=run_id,
                     inference_concurrency=args.inference_concurrency,
-                    request_timeout_s=max(1.0, args.timeout - 2), workers=args.sg_workers)
+                    request_timeout_s=max(1.0, args.timeout - 2),
+                    workers=args.sg_workers,
+                )
             elif name == "litellm":
                 target = start_litellm(
-                    upstream_base=upstream_base, log_dir=run_dir, version=args.litellm_version,
+                    upstream_base=upstream_base,
+                    log_dir=run_dir,
+                    version=args.litellm_version,
                     workers=args.litellm_workers,
-                    master_key=headers["Authorization"].removeprefix("Bearer "))
+                    master_key=headers["Authorization"].removeprefix("Bearer "),
+                )
             try:
                 baseline = runner.matrix(target, report["cells"].append)
                 report["warmup_latency_ms"][name] = round(baseline * 1000, 2)
@@ -245,8 +301,7 @@ def main(argv: list[str] | None = None) -> int:
         (run_dir / "bridge_overhead.json").write_text(json.dumps(report, indent=2) + "\n")
     print()
     print(render_table(report))
-    print(f"\nfull run took {report['duration_s']:.0f} s; JSON: "
-          f"{run_dir / 'bridge_overhead.json'}")
+    print(f"\nfull run took {report['duration_s']:.0f} s; JSON: {run_dir / 'bridge_overhead.json'}")
     if not args.no_docs:
         _report.replace_section("bridge-overhead", render_docs(report))
         print(f"wrote {_report.DOCS}")

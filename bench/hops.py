@@ -33,8 +33,13 @@ from bench.bridge_overhead import BODY, build_loadgen
 
 def read_topic(bootstrap: str, topic: str) -> list[tuple[bytes | None, int, bytes]]:
     """(key, CreateTime ms, value) of every record of `topic`, read to its end."""
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"hops-{uuid.uuid4()}",
-                         "enable.auto.commit": False})
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"hops-{uuid.uuid4()}",
+            "enable.auto.commit": False,
+        }
+    )
     try:
         meta = consumer.list_topics(topic, timeout=10).topics[topic]
         ends = {}
@@ -88,28 +93,52 @@ def main() -> int:
         run_id = f"hops{uuid.uuid4().hex[:8]}"
         target = start_sluicegate(
             upstream_base=upstream.url.removesuffix("/chat/completions"),
-            bootstrap=args.kafka_bootstrap, log_dir=out, run_id=run_id,
-            inference_concurrency=32, request_timeout_s=13, workers=args.sg_workers)
+            bootstrap=args.kafka_bootstrap,
+            log_dir=out,
+            run_id=run_id,
+            inference_concurrency=32,
+            request_timeout_s=13,
+            workers=args.sg_workers,
+        )
         prefix = f"bench{run_id}."
         try:
             if probe(target.url, body.read_bytes(), {}, timeout_s=30) is None:
                 raise RuntimeError("sluicegate: the warm-up request failed")
             load = subprocess.run(
-                [str(build_loadgen()), "-url", target.url, "-body-file", str(body), "-mode",
-                 "open", "-rate", str(args.rate), f"-duration={args.seconds}s", "-warmup=0s"],
-                capture_output=True, text=True, check=True, timeout=args.seconds + 60)
+                [
+                    str(build_loadgen()),
+                    "-url",
+                    target.url,
+                    "-body-file",
+                    str(body),
+                    "-mode",
+                    "open",
+                    "-rate",
+                    str(args.rate),
+                    f"-duration={args.seconds}s",
+                    "-warmup=0s",
+                ],
+                capture_output=True,
+                text=True,
+                check=True,
+                timeout=args.seconds + 60,
+            )
             time.sleep(2)  # let the last spans land
-            topics = {name: read_topic(args.kafka_bootstrap, f"{prefix}{name}")
-                      for name in ("requests", "inference.default", "responses", "traces")}
+            topics = {
+                name: read_topic(args.kafka_bootstrap, f"{prefix}{name}")
+                for name in ("requests", "inference.default", "responses", "traces")
+            }
         finally:
             target.stop()
     finally:
         upstream.stop()
 
-    stamp = {name: {serde.decode(value).request_id: ts for _k, ts, value in records}
-             for name, records in topics.items() if name != "traces"}
-    received, tasks, responses = (stamp[n] for n in ("requests", "inference.default",
-                                                      "responses"))
+    stamp = {
+        name: {serde.decode(value).request_id: ts for _k, ts, value in records}
+        for name, records in topics.items()
+        if name != "traces"
+    }
+    received, tasks, responses = (stamp[n] for n in ("requests", "inference.default", "responses"))
     hop_a = [tasks[k] - received[k] for k in tasks if k in received]
     hop_b = [responses[k] - tasks[k] for k in responses if k in tasks]
     spans: dict[str, list[float]] = {}
@@ -120,9 +149,11 @@ def main() -> int:
             spans.setdefault(event.name, []).append(took)
     result = json.loads(load.stdout)
     total = result["latency_ms"]
-    print(f"sluicegate at {args.rate} req/s for {args.seconds:g} s: {result['achieved_rps']:.0f} "
-          f"req/s, end to end p50 {total['p50']} / p99 {total['p99']} ms, "
-          f"{result['errors']} errors")
+    print(
+        f"sluicegate at {args.rate} req/s for {args.seconds:g} s: {result['achieved_rps']:.0f} "
+        f"req/s, end to end p50 {total['p50']} / p99 {total['p99']} ms, "
+        f"{result['errors']} errors"
+    )
     print(f"  received -> task      {quantiles(hop_a)}")
     print(f"  task -> response      {quantiles(hop_b)}")
     for name, values in sorted(spans.items()):

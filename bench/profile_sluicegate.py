@@ -51,8 +51,9 @@ def py_spy() -> Path:
     binary = TOOLS_VENV / "bin" / "py-spy"
     if not binary.exists():
         subprocess.run([sys.executable, "-m", "venv", str(TOOLS_VENV)], check=True, timeout=120)
-        subprocess.run([str(TOOLS_VENV / "bin" / "pip"), "install", "-q", "py-spy"], check=True,
-                       timeout=600)
+        subprocess.run(
+            [str(TOOLS_VENV / "bin" / "pip"), "install", "-q", "py-spy"], check=True, timeout=600
+        )
     return binary
 
 
@@ -72,8 +73,11 @@ def summarize(raw: Path, seconds: float, rate_hz: int) -> str:
     if not total:
         return "  no samples"
     busy = total - activity["waiting in epoll (idle)"]
-    lines = [f"  {total} samples ~ {100 * busy / (seconds * rate_hz):.0f}% of a core busy "
-             "(summed over threads; idle epoll waits excluded)", "  by activity:"]
+    lines = [
+        f"  {total} samples ~ {100 * busy / (seconds * rate_hz):.0f}% of a core busy "
+        "(summed over threads; idle epoll waits excluded)",
+        "  by activity:",
+    ]
     lines += [f"    {100 * n / total:5.1f}%  {name}" for name, n in activity.most_common()]
     lines.append("  hottest functions (self):")
     lines += [f"    {100 * n / total:5.1f}%  {name[:110]}" for name, n in self_time.most_common(12)]
@@ -98,22 +102,54 @@ def main() -> int:
     try:
         target = start_sluicegate(
             upstream_base=upstream.url.removesuffix("/chat/completions"),
-            bootstrap=args.kafka_bootstrap, log_dir=out, run_id=f"prof{uuid.uuid4().hex[:8]}",
-            inference_concurrency=32, request_timeout_s=13, workers=args.sg_workers)
+            bootstrap=args.kafka_bootstrap,
+            log_dir=out,
+            run_id=f"prof{uuid.uuid4().hex[:8]}",
+            inference_concurrency=32,
+            request_timeout_s=13,
+            workers=args.sg_workers,
+        )
         try:
             if probe(target.url, body.read_bytes(), {}, timeout_s=30) is None:
                 raise RuntimeError("sluicegate: the warm-up request failed")
             load = subprocess.Popen(
-                [str(loadgen), "-url", target.url, "-body-file", str(body), "-mode", "open",
-                 "-rate", str(args.rate), f"-duration={args.seconds + 2}s", "-warmup=3s"],
-                stdout=subprocess.PIPE, text=True)
+                [
+                    str(loadgen),
+                    "-url",
+                    target.url,
+                    "-body-file",
+                    str(body),
+                    "-mode",
+                    "open",
+                    "-rate",
+                    str(args.rate),
+                    f"-duration={args.seconds + 2}s",
+                    "-warmup=3s",
+                ],
+                stdout=subprocess.PIPE,
+                text=True,
+            )
             time.sleep(3)
             spies = {
                 role: subprocess.Popen(
-                    [str(spy), "record", "--nonblocking", "-r", str(args.sample_rate),
-                     "-d", str(int(args.seconds)), "-f", "raw", "-o", str(out / f"{role}.txt"),
-                     "-p", str(service.pid)],
-                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                    [
+                        str(spy),
+                        "record",
+                        "--nonblocking",
+                        "-r",
+                        str(args.sample_rate),
+                        "-d",
+                        str(int(args.seconds)),
+                        "-f",
+                        "raw",
+                        "-o",
+                        str(out / f"{role}.txt"),
+                        "-p",
+                        str(service.pid),
+                    ],
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                )
                 for role, service in target.services.items()
             }
             for process in spies.values():
@@ -125,8 +161,10 @@ def main() -> int:
         upstream.stop()
     result = json.loads(stdout)
     lat = result["latency_ms"]
-    print(f"sluicegate at {args.rate} req/s offered, profiled: {result['achieved_rps']:.0f} req/s, "
-          f"p50 {lat.get('p50')} ms, p99 {lat.get('p99')} ms, {result['errors']} errors")
+    print(
+        f"sluicegate at {args.rate} req/s offered, profiled: {result['achieved_rps']:.0f} req/s, "
+        f"p50 {lat.get('p50')} ms, p99 {lat.get('p99')} ms, {result['errors']} errors"
+    )
     for role in spies:
         print(f"\n{role}:")
         print(summarize(out / f"{role}.txt", args.seconds, args.sample_rate))

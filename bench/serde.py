@@ -153,8 +153,10 @@ def main() -> None:
     seconds, repeats = (0.3, 2) if args.quick else (args.seconds, args.repeats)
 
     report = run(seconds, repeats)
-    print(f"RequestReceived: {report['wire_bytes']} bytes on the wire "
-          f"({report['json_bytes']} as JSON); best of {repeats} x ~{seconds:g} s, one core")
+    print(
+        f"RequestReceived: {report['wire_bytes']} bytes on the wire "
+        f"({report['json_bytes']} as JSON); best of {repeats} x ~{seconds:g} s, one core"
+    )
     print(f"{'operation':<30} {'events/s':>12} {'us/event':>10}")
     for name, per_s in report["events_per_s"].items():
         print(f"{name:<30} {per_s:>12,.0f} {1e6 / per_s:>10.2f}")
@@ -168,17 +170,21 @@ def main() -> None:
 def write_docs(report: dict[str, Any]) -> None:
     from bench import _report
 
-    rows = [[f"`{name}`", f"{per_s:,.0f}", f"{1e6 / per_s:.1f}"]
-            for name, per_s in report["events_per_s"].items()]
-    body = "\n\n".join([
-        f"## fastavro serde: RequestReceived ({time.strftime('%Y-%m-%d')})",
-        f"One realistic RequestReceived (three messages of ~200 characters, parameters, "
-        f"metadata): {report['wire_bytes']} bytes in the Confluent wire format, "
-        f"{report['json_bytes']} as JSON. Best of {report['repeats']} runs of "
-        f"~{report['seconds_per_repeat']:g} s on one core (`python -m bench.serde`).",
-        _report.table(["operation", "events/s", "µs/event"], rows),
-        _report.describe(_report.machine(), _report.versions()),
-    ])
+    rows = [
+        [f"`{name}`", f"{per_s:,.0f}", f"{1e6 / per_s:.1f}"]
+        for name, per_s in report["events_per_s"].items()
+    ]
+    body = "\n\n".join(
+        [
+            f"## fastavro serde: RequestReceived ({time.strftime('%Y-%m-%d')})",
+            f"One realistic RequestReceived (three messages of ~200 characters, parameters, "
+            f"metadata): {report['wire_bytes']} bytes in the Confluent wire format, "
+            f"{report['json_bytes']} as JSON. Best of {report['repeats']} runs of "
+            f"~{report['seconds_per_repeat']:g} s on one core (`python -m bench.serde`).",
+            _report.table(["operation", "events/s", "µs/event"], rows),
+            _report.describe(_report.machine(), _report.versions()),
+        ]
+    )
     _report.replace_section("serde", body)
 
 

@@ -1,10 +1,12 @@
 """`sluicegate`: run the pipeline on embedded defaults and look at its topics.
 
-sluicegate up          broker (if needed), topics, workers and bridge; Ctrl-C stops them
+sluicegate up          broker (if needed), topics, workers, bridge and sink; Ctrl-C stops them
 sluicegate down        stop what `up` started, and the local broker
 sluicegate worker      the Faust worker (stateful stages) alone
 sluicegate inference   the inference worker (consumes the pool topics) alone
 sluicegate bridge      the HTTP bridge alone
+sluicegate sink        the analytics sink (events → ClickHouse / chDB) alone
+sluicegate sql "SQL"   run a read-only query on the analytics store; tab-separated rows
 sluicegate topics      create missing topics and list the catalogue
 sluicegate send FILE   publish a RequestReceived from an OpenAI-style JSON body
 sluicegate tail TOPIC  decode a topic's Avro records to JSON lines
@@ -56,7 +58,7 @@ def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
     pids = state / "up.pids"
     children = [
         _spawn(name, state / f"{name}.log" if args.detach else None)
-        for name in ("worker", "inference", "bridge")
+        for name in ("worker", "inference", "bridge", "sink")
     ]
     pids.write_text("\n".join(str(c.pid) for c in children))
     url = f"http://{settings.bridge.host}:{settings.bridge.port}"
@@ -158,6 +160,46 @@ def cmd_bridge(settings: Settings, args: argparse.Namespace) -> int:
     from sluicegate.serving.server import run_bridge
 
     run_bridge(settings)
+    return 0
+
+
+def cmd_sink(settings: Settings, args: argparse.Namespace) -> int:
+    from sluicegate.serving.analytics_sink import run_sink
+
+    run_sink(settings)
+    return 0
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "NULL"
+    if hasattr(value, "isoformat"):
+        return str(value.isoformat())
+    return str(value)
+
+
+def cmd_sql(settings: Settings, args: argparse.Namespace) -> int:
+    """Through the running sink's endpoint when it holds chDB; else open the store directly."""
+    from sluicegate.connectors.analytics import open_analytics
+    from sluicegate.errors import AnalyticsError
+    from sluicegate.serving.analytics_sink import query_running_sink
+
+    try:
+        answer = None if settings.analytics.url else query_running_sink(settings, args.query)
+        if answer is None:
+            store = open_analytics(settings.analytics)
+            try:
+                result = store.query(args.query, readonly=True)
+            finally:
+                store.close()
+            answer = (result.columns, result.rows)
+    except AnalyticsError as error:
+        print(f"analytics: {error}", file=sys.stderr)
+        return 1
+    columns, rows = answer
+    print("\t".join(columns))
+    for row in rows:
+        print("\t".join(_cell(value) for value in row))
     return 0
 
 
@@ -280,6 +322,9 @@ def parser() -> argparse.ArgumentParser:
     sub.add_parser("worker", help="run the Faust worker")
     sub.add_parser("inference", help="run the inference worker")
     sub.add_parser("bridge", help="run the HTTP bridge")
+    sub.add_parser("sink", help="run the analytics sink")
+    sql = sub.add_parser("sql", help="query the analytics store (read-only)")
+    sql.add_argument("query", help='e.g. "SELECT count() FROM requests FINAL"')
     sub.add_parser("topics", help="create missing topics, list the catalogue")
     send = sub.add_parser("send", help="publish a request event from a JSON body")
     send.add_argument("file")
@@ -298,6 +343,8 @@ COMMANDS = {
     "worker": cmd_worker,
     "inference": cmd_inference,
     "bridge": cmd_bridge,
+    "sink": cmd_sink,
+    "sql": cmd_sql,
     "topics": cmd_topics,
     "send": cmd_send,
     "tail": cmd_tail,

@@ -7,6 +7,7 @@
     │   └── SerializationError           bytes that are not a valid record (magic byte, Avro)
     ├── RegistryError                    the schema registry refused or was unreachable
     ├── BrokerError                      Kafka refused or timed out (topic, retriable)
+    ├── AnalyticsError                   the analytics store (ClickHouse, chDB) failed (retriable)
     └── BackendError                     an inference backend failed (error_class, status_code,
                                          retriable, retry_after_s) — mapped to InferenceFailed
 
@@ -47,6 +48,17 @@ class BrokerError(SluicegateError):
     def __init__(self, message: str, *, topic: str | None = None, retriable: bool = False) -> None:
         super().__init__(message)
         self.topic = topic
+        self.retriable = retriable
+
+
+class AnalyticsError(SluicegateError):
+    """The analytics store refused a statement or could not be reached.
+
+    `retriable` is False for errors the same statement will hit again (bad SQL, unknown table).
+    """
+
+    def __init__(self, message: str, *, retriable: bool = True) -> None:
+        super().__init__(message)
         self.retriable = retriable
 
 

@@ -106,6 +106,38 @@ class WorkerSettings(BaseModel):
     data_dir: Path = Path(".sluicegate/worker")
 
 
+class AnalyticsSettings(BaseModel):
+    """Where the analytics sink writes and `sluicegate sql` reads.
+
+    Without `url`, chDB (ClickHouse in-process) on the path of `dsn`; with `url`, a ClickHouse
+    server over HTTP. Both through clickhouse-connect (`connectors/analytics.py`).
+    """
+
+    dsn: str = Field(
+        default="chdb://~/.sluicegate/chdb",
+        validate_default=True,
+        description="chdb://<path> of the embedded store; a relative path is made absolute.",
+    )
+    url: str | None = Field(default=None, description="ClickHouse server, e.g. http://ch:8123.")
+    username: str = "default"
+    password: SecretStr | None = None
+    database: str = "default"
+    batch_rows: int = Field(default=5000, ge=1)
+    batch_seconds: float = Field(default=1.0, gt=0)
+    retry_max_s: float = Field(default=30.0, gt=0)
+
+    @field_validator("dsn")
+    @classmethod
+    def _absolute_chdb_path(cls, dsn: str) -> str:
+        if not dsn.startswith("chdb://"):
+            raise ValueError("analytics.dsn must start with chdb:// (use `url` for a server)")
+        return f"chdb://{Path(dsn.removeprefix('chdb://')).expanduser().resolve()}"
+
+    @property
+    def chdb_path(self) -> Path:
+        return Path(self.dsn.removeprefix("chdb://"))
+
+
 class Settings(BaseSettings):
     """The root settings: composed from the groups above, frozen once built."""
 
@@ -117,6 +149,7 @@ class Settings(BaseSettings):
     registry: RegistrySettings = RegistrySettings()
     bridge: BridgeSettings = BridgeSettings()
     worker: WorkerSettings = WorkerSettings()
+    analytics: AnalyticsSettings = AnalyticsSettings()
     deployments: list[Deployment] = Field(default_factory=lambda: _embedded_catalogue()[0])
     models: list[ModelAlias] = Field(default_factory=lambda: _embedded_catalogue()[1])
 

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from sluicegate.settings import (
+    AnalyticsSettings,
     BridgeSettings,
     Deployment,
     KafkaSettings,
@@ -78,6 +79,7 @@ def settings(
     run = uuid.uuid4().hex[:8]
     return Settings(
         kafka=KafkaSettings(bootstrap_servers=kafka_bootstrap, topic_prefix=f"t{run}."),
+        analytics=AnalyticsSettings(dsn=f"chdb://{tmp_path_factory.mktemp('chdb')}/store"),
         bridge=BridgeSettings(port=free_port(), request_timeout_s=60),
         worker=WorkerSettings(
             app_id=f"sluicegate-test-{run}",

@@ -1,0 +1,194 @@
+"""Events → analytics rows: one pure function per event type, flattening it into its table's row.
+
+No I/O here: the sink (`serving/analytics_sink.py`) decodes records, calls `rows_for` and inserts
+what it returns. Columns follow `connectors/analytics_ddl/`: the envelope first, then the
+event's own fields. The bytes of a DeadLetter are not kept (the `.dlq` topic has them).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from sluicegate.schemas.models import (
+    CostEntry,
+    DeadLetter,
+    Event,
+    InferenceFailed,
+    InferenceResult,
+    RequestReceived,
+    RequestRejected,
+    ResponseReady,
+    Span,
+)
+
+Row = dict[str, Any]
+
+ENVELOPE = (
+    "event_id",
+    "occurred_at",
+    "tenant_id",
+    "request_id",
+    "trace_id",
+    "span_id",
+    "parent_span_id",
+    "run_id",
+    "producer",
+)
+
+
+def envelope(event: Event) -> Row:
+    return {name: getattr(event, name) for name in ENVELOPE}
+
+
+def request_row(event: RequestReceived) -> Row:
+    return {
+        **envelope(event),
+        "model": event.model,
+        "message_count": len(event.messages),
+        "prompt_chars": sum(len(m.content or "") for m in event.messages),
+        "user": event.user,
+        "api_key_id": event.api_key_id,
+        "stream": event.stream,
+        "temperature": event.params.temperature,
+        "max_tokens": event.params.max_tokens,
+        "metadata": dict(event.metadata),
+    }
+
+
+def response_row(event: ResponseReady) -> Row:
+    return {
+        **envelope(event),
+        "status": "ok",
+        "http_status": 200,
+        "model": event.model,
+        "deployment": event.deployment,
+        "provider_model": event.provider_model,
+        "finish_reason": event.finish_reason,
+        "prompt_tokens": event.usage.prompt_tokens,
+        "completion_tokens": event.usage.completion_tokens,
+        "latency_ms": event.latency_ms,
+        "cache_hit": event.cache_hit,
+        "usd_saved": event.usd_saved,
+        "stage": "",
+        "error_type": "",
+        "error_code": None,
+        "error_message": "",
+    }
+
+
+def rejection_row(event: RequestRejected) -> Row:
+    return {
+        **envelope(event),
+        "status": "rejected",
+        "http_status": event.http_status,
+        "model": "",
+        "deployment": "",
+        "provider_model": "",
+        "finish_reason": "",
+        "prompt_tokens": 0,
+        "completion_tokens": 0,
+        "latency_ms": None,
+        "cache_hit": False,
+        "usd_saved": 0.0,
+        "stage": event.stage,
+        "error_type": event.error_type,
+        "error_code": event.code,
+        "error_message": event.message,
+    }
+
+
+def inference_result_row(event: InferenceResult) -> Row:
+    return {
+        **envelope(event),
+        "status": "ok",
+        "deployment": event.deployment,
+        "provider_model": event.provider_model,
+        "finish_reason": event.finish_reason,
+        "error_class": "",
+        "error_message": "",
+        "status_code": None,
+        "latency_ms": event.latency_ms,
+        "ttft_ms": event.ttft_ms,
+        "prompt_tokens": event.usage.prompt_tokens,
+        "completion_tokens": event.usage.completion_tokens,
+        "attempt": event.attempt,
+    }
+
+
+def inference_failed_row(event: InferenceFailed) -> Row:
+    return {
+        **envelope(event),
+        "status": "failed",
+        "deployment": event.deployment,
+        "provider_model": "",
+        "finish_reason": "",
+        "error_class": event.error_class,
+        "error_message": event.message,
+        "status_code": event.status_code,
+        "latency_ms": event.latency_ms,
+        "ttft_ms": None,
+        "prompt_tokens": 0,
+        "completion_tokens": 0,
+        "attempt": event.attempt,
+    }
+
+
+def span_row(event: Span) -> Row:
+    return {
+        **envelope(event),
+        "name": event.name,
+        "start": event.start_ms,
+        "end": event.end_ms,
+        "duration_ms": (event.end_ms - event.start_ms).total_seconds() * 1000.0,
+        "status": event.status,
+        "attributes": dict(event.attributes),
+    }
+
+
+def cost_row(event: CostEntry) -> Row:
+    return {
+        **envelope(event),
+        "model": event.model,
+        "deployment": event.deployment,
+        "api_key_id": event.api_key_id,
+        "prompt_tokens": event.prompt_tokens,
+        "completion_tokens": event.completion_tokens,
+        "usd": event.usd,
+        "pricing_version": event.pricing_version,
+    }
+
+
+def dead_letter_row(event: DeadLetter) -> Row:
+    return {
+        **envelope(event),
+        "topic": event.original_topic,
+        "partition": event.original_partition,
+        "offset": event.original_offset,
+        "error_class": event.error_class,
+        "error_message": event.error_message,
+        "stage": event.stage,
+    }
+
+
+MAPPERS: dict[type[Event], tuple[str, Callable[[Any], Row]]] = {
+    RequestReceived: ("requests", request_row),
+    ResponseReady: ("responses", response_row),
+    RequestRejected: ("responses", rejection_row),
+    InferenceResult: ("inference_results", inference_result_row),
+    InferenceFailed: ("inference_results", inference_failed_row),
+    Span: ("spans", span_row),
+    CostEntry: ("cost", cost_row),
+    DeadLetter: ("dead_letters", dead_letter_row),
+}
+
+TABLES = tuple(sorted({table for table, _ in MAPPERS.values()}))
+
+
+def rows_for(event: Event) -> tuple[str, Row] | None:
+    """The table and row for `event`, or None for events analytics does not store."""
+    mapper = MAPPERS.get(type(event))
+    if mapper is None:
+        return None
+    table, to_row = mapper
+    return table, to_row(event)

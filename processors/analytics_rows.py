@@ -24,17 +24,7 @@ from sluicegate.schemas.models import (
 
 Row = dict[str, Any]
 
-ENVELOPE = (
-    "event_id",
-    "occurred_at",
-    "tenant_id",
-    "request_id",
-    "trace_id",
-    "span_id",
-    "parent_span_id",
-    "run_id",
-    "producer",
-)
+ENVELOPE = tuple(Event.model_fields)  # the envelope columns, in schema order
 
 
 def envelope(event: Event) -> Row:

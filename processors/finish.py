@@ -7,10 +7,12 @@ RequestRejected on sg.responses with the provider's error class mapped to an HTT
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import datetime
 
 from sluicegate.connectors.ports import Completion
 from sluicegate.errors import BackendError
+from sluicegate.processors.cost import cost_entry
 from sluicegate.processors.envelope import Emit, child_envelope, now, sibling_envelope
 from sluicegate.schemas.models import (
     ChatMessage,
@@ -23,6 +25,7 @@ from sluicegate.schemas.models import (
     TokenChunk,
     TokenUsage,
 )
+from sluicegate.settings import Deployment
 
 PRODUCER = "inference"
 
@@ -38,6 +41,9 @@ _HTTP_STATUS = {
 
 class Finisher:
     """Pure event construction for the end of the inference stage."""
+
+    def __init__(self, *, deployments: Mapping[str, Deployment] | None = None) -> None:
+        self._deployments = deployments or {}
 
     def chunk(
         self,
@@ -102,11 +108,15 @@ class Finisher:
             "prompt_tokens": str(usage.prompt_tokens),
             "completion_tokens": str(usage.completion_tokens),
         }
-        return [
+        emits = [
             Emit("responses", task.request_id, response),
             Emit("inference.results", task.request_id, result),
             self._span(result, started, "ok", attributes),
         ]
+        deployment = self._deployments.get(task.deployment)
+        if deployment is not None:
+            emits.append(cost_entry(result, model=task.model, deployment=deployment))
+        return emits
 
     def failed(
         self, task: InferenceTask, error: BackendError, *, started: datetime, latency_ms: float

@@ -14,6 +14,7 @@ from sluicegate.errors import BackendError
 from sluicegate.processors.envelope import Emit, now
 from sluicegate.processors.finish import Finisher
 from sluicegate.schemas.models import InferenceTask, TokenUsage
+from sluicegate.settings import Deployment
 
 
 class InferenceStage:
@@ -23,10 +24,11 @@ class InferenceStage:
         self,
         *,
         backends: Mapping[str, InferenceBackend],
+        deployments: Mapping[str, Deployment] | None = None,
         clock_ms: Callable[[], float] = lambda: time.time() * 1000,
     ) -> None:
         self._backends = backends
-        self._finisher = Finisher()
+        self._finisher = Finisher(deployments=deployments)
         self._clock_ms = clock_ms
 
     async def run(self, task: InferenceTask) -> AsyncIterator[Emit]:

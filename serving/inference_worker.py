@@ -74,7 +74,9 @@ class InferenceWorker:
     ) -> None:
         self._settings = settings
         self._serde = serde
-        self._stage = InferenceStage(backends=backends)
+        self._stage = InferenceStage(
+            backends=backends, deployments={d.name: d for d in settings.deployments}
+        )
         self._topics = [settings.topic(f"inference.{p}") for p in (pools or settings.pools)]
         self._tracker = OffsetTracker()
         self._fetcher = ThreadPoolExecutor(1, thread_name_prefix="inference-fetch")

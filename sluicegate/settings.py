@@ -52,6 +52,11 @@ class Deployment(BaseModel):
     )
     description: str = ""
     timeout_s: float = 60.0
+    input_usd_per_mtok: float = Field(default=0.0, ge=0, description="Price of 1M input tokens.")
+    output_usd_per_mtok: float = Field(default=0.0, ge=0, description="Price of 1M output tokens.")
+    pricing_version: str = Field(
+        default="unpriced", description="Names the price list the two prices come from."
+    )
 
     @property
     def api_key(self) -> SecretStr | None:

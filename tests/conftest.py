@@ -93,6 +93,9 @@ def settings(
                 provider_model="fake-model",
                 base_url=upstream.base_url,
                 api_key_env="SLUICEGATE_TEST_KEY",
+                input_usd_per_mtok=0.15,
+                output_usd_per_mtok=0.60,
+                pricing_version="test-2026-11",
             ),
             Deployment(
                 name="hole",

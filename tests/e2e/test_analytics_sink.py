@@ -172,6 +172,20 @@ def test_requests_become_queryable_with_their_responses(
         assert 0 <= int(end_to_end_ms) < 10_000 and float(latency_ms) <= int(end_to_end_ms) + 1
     assert sink.process is not None and sink.process.poll() is None
 
+    # Cost: one CostEntry per answer, priced from the catalogue (0.15 / 0.60 USD per 1M tokens).
+    wanted = ", ".join(repr(i) for i in ids)
+    deadline = time.monotonic() + 30
+    while True:
+        ((priced, usd, expected),) = sql(
+            sink_settings,
+            "SELECT count(), sum(usd), sum(prompt_tokens * 0.15 + completion_tokens * 0.60) / 1e6 "
+            f"FROM cost FINAL WHERE request_id IN ({wanted})",
+        )
+        if priced == 4 or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    assert priced == 4 and usd == pytest.approx(expected) and usd > 0
+
 
 def test_chdb_is_locked_while_the_sink_runs(sink: Sink, sink_settings: Settings) -> None:
     """Why `sql` goes through the sink: a second process cannot open the chDB path."""

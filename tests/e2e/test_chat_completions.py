@@ -9,7 +9,7 @@ import openai
 import pytest
 
 from sluicegate.connectors.schema_registry import build_serde
-from sluicegate.schemas.models import RequestReceived, ResponseReady
+from sluicegate.schemas.models import CostEntry, RequestReceived, ResponseReady
 from sluicegate.settings import Settings
 from tests.topics_io import wait_for_event
 
@@ -57,6 +57,15 @@ def test_sync_completion_is_journaled_and_answered(
     )
     assert answered.message.content == completion.choices[0].message.content
     assert answered.trace_id == journaled.trace_id
+    cost = wait_for_event(settings, serde, settings.topic("cost"), CostEntry, request_id)
+    usage = completion.usage
+    assert (cost.prompt_tokens, cost.completion_tokens) == (
+        usage.prompt_tokens,
+        usage.completion_tokens,
+    )
+    expected = (usage.prompt_tokens * 0.15 + usage.completion_tokens * 0.60) / 1_000_000
+    assert cost.usd == pytest.approx(expected) and cost.pricing_version == "test-2026-11"
+    assert cost.tenant_id == journaled.tenant_id and cost.deployment == "fake"
 
 
 def test_streaming_completion_in_the_sdk_chunk_format(

@@ -123,3 +123,44 @@ async def test_expired_deadline_skips_the_backend() -> None:
 async def test_unknown_deployment_is_answered_not_dropped() -> None:
     emits = await collect(InferenceStage(backends={}), task("ghost"))
     assert emits[0].event.code == "unavailable" and emits[0].event.http_status == 502
+
+
+async def test_a_priced_deployment_answers_with_a_cost_entry() -> None:
+    from sluicegate.schemas.models import CostEntry
+    from sluicegate.settings import Deployment
+
+    priced = Deployment(
+        name="local-smollm2",
+        backend="openai",
+        provider_model="p",
+        input_usd_per_mtok=2.0,
+        output_usd_per_mtok=8.0,
+        pricing_version="v7",
+    )
+    stage = InferenceStage(
+        backends={"local-smollm2": ScriptedBackend(words=["a", "b"])},
+        deployments={"local-smollm2": priced},
+    )
+    emits = await collect(stage, task())
+    cost = next(e for e in emits if e.topic == "cost")
+    assert isinstance(cost.event, CostEntry) and cost.key == cost.event.tenant_id == "acme"
+    assert (cost.event.prompt_tokens, cost.event.completion_tokens) == (3, 2)
+    assert cost.event.usd == pytest.approx((3 * 2.0 + 2 * 8.0) / 1_000_000)
+    assert cost.event.pricing_version == "v7" and cost.event.model == "smollm2-135m"
+    result = next(e.event for e in emits if e.topic == "inference.results")
+    assert cost.event.request_id == result.request_id and cost.event.span_id == result.span_id
+
+
+async def test_failures_cost_nothing() -> None:
+    from sluicegate.settings import Deployment
+
+    error = BackendError("down", error_class="server_error", status_code=500, retriable=True)
+    stage = InferenceStage(
+        backends={"local-smollm2": ScriptedBackend(words=[], error=error)},
+        deployments={
+            "local-smollm2": Deployment(
+                name="local-smollm2", backend="openai", provider_model="p", input_usd_per_mtok=1.0
+            )
+        },
+    )
+    assert not [e for e in await collect(stage, task()) if e.topic == "cost"]

@@ -16,6 +16,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from aiohttp import web
@@ -28,6 +29,7 @@ from sluicegate.schemas.models import (
     RequestReceived,
     RequestRejected,
     ResponseReady,
+    Span,
     TokenChunk,
 )
 from sluicegate.schemas.serde import AvroSerde
@@ -112,6 +114,7 @@ class Bridge:
         self.journal: AsyncProducer | None = None
         self.router: ReplyRouter | None = None
         self._requests_topic = settings.topic("requests")
+        self._traces_topic = settings.topic("traces")
         self._in_flight = 0
 
     async def start(self, _app: web.Application | None = None) -> None:
@@ -342,6 +345,8 @@ class Bridge:
         self.router.listen(event.request_id, waiter.on_event)
         self._in_flight += 1
         self.metrics.in_flight.inc()
+        started = now()
+        outcome = "error"
         try:
             try:
                 await self.journal.publish(
@@ -356,16 +361,43 @@ class Bridge:
                 ) from error
             deadline = loop.time() + timeout_s
             if event.stream:
-                return await self._stream(request, waiter, deadline, event.request_id, timeout_s)
-            try:
-                answer = await asyncio.wait_for(waiter.final, timeout_s)
-            except TimeoutError:
-                raise self._timeout_error(event.request_id, timeout_s) from None
-            return answer, self._answer(answer)
+                answer, response = await self._stream(
+                    request, waiter, deadline, event.request_id, timeout_s
+                )
+            else:
+                try:
+                    answer = await asyncio.wait_for(waiter.final, timeout_s)
+                except TimeoutError:
+                    raise self._timeout_error(event.request_id, timeout_s) from None
+                response = self._answer(answer)
+            outcome = "ok" if isinstance(answer, ResponseReady) else "error"
+            return answer, response
         finally:
             self._in_flight -= 1
             self.metrics.in_flight.dec()
             self.router.forget(event.request_id)
+            self._trace(event, started, outcome)
+
+    def _trace(self, event: RequestReceived, started: datetime, outcome: str) -> None:
+        """The root span of the request (the stages' spans are its children); not awaited."""
+        assert self.journal is not None
+        span = Span(
+            event_id=new_event_id(),
+            occurred_at=now(),
+            tenant_id=event.tenant_id,
+            request_id=event.request_id,
+            trace_id=event.trace_id,
+            span_id=event.span_id,
+            run_id=event.run_id,
+            producer=self.instance_id,
+            name="bridge",
+            start_ms=started,
+            end_ms=now(),
+            status=outcome,
+            attributes={"model": event.model, "stream": str(event.stream).lower()},
+        )
+        sent = self.journal.publish(self._traces_topic, event.trace_id, self.serde.encode(span))
+        sent.add_done_callback(_log_failure)
 
     @staticmethod
     def _timeout_error(request_id: str, timeout_s: float) -> OpenAIError:
@@ -452,6 +484,11 @@ class Bridge:
         await response.write(b"data: [DONE]\n\n")
         await response.write_eof()
         return response
+
+
+def _log_failure(future: asyncio.Future[None]) -> None:
+    if not future.cancelled() and future.exception() is not None:
+        log.warning("bridge span not published: %s", future.exception())
 
 
 def _include_usage(request: web.Request) -> bool:

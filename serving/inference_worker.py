@@ -32,6 +32,7 @@ from sluicegate.streams.dlq import dead_letter
 
 log = logging.getLogger(__name__)
 STAGE = "inference"
+SHUTDOWN_GRACE_S = 5.0
 
 
 class OffsetTracker:
@@ -113,8 +114,10 @@ class InferenceWorker:
                     task.add_done_callback(self._tasks.discard)
                     task.add_done_callback(lambda _t: slots.release())
         finally:
-            if self._tasks:
-                await asyncio.wait(self._tasks, timeout=30)
+            if self._tasks:  # unfinished tasks are not committed: another worker redoes them
+                _done, stuck = await asyncio.wait(self._tasks, timeout=SHUTDOWN_GRACE_S)
+                for task in stuck:
+                    task.cancel()
             await loop.run_in_executor(self._fetcher, self._consumer.close)
             await loop.run_in_executor(None, self._producer.close)
             self._fetcher.shutdown(wait=False)

@@ -10,6 +10,7 @@ sluicegate sql "SQL"   run a read-only query on the analytics store; tab-separat
 sluicegate topics      create missing topics and list the catalogue
 sluicegate send FILE   publish a RequestReceived from an OpenAI-style JSON body
 sluicegate tail TOPIC  decode a topic's Avro records to JSON lines
+sluicegate trace ID    a request's spans (bridge, admission, inference) as a waterfall
 """
 
 from __future__ import annotations
@@ -178,28 +179,73 @@ def _cell(value: Any) -> str:
     return str(value)
 
 
-def cmd_sql(settings: Settings, args: argparse.Namespace) -> int:
+def _query(settings: Settings, query: str) -> tuple[list[str], list[Any]]:
     """Through the running sink's endpoint when it holds chDB; else open the store directly."""
     from sluicegate.connectors.analytics import open_analytics
-    from sluicegate.errors import AnalyticsError
     from sluicegate.serving.analytics_sink import query_running_sink
 
+    answer = None if settings.analytics.url else query_running_sink(settings, query)
+    if answer is None:
+        store = open_analytics(settings.analytics)
+        try:
+            result = store.query(query, readonly=True)
+        finally:
+            store.close()
+        answer = (result.columns, result.rows)
+    return list(answer[0]), list(answer[1])
+
+
+def cmd_sql(settings: Settings, args: argparse.Namespace) -> int:
+    from sluicegate.errors import AnalyticsError
+
     try:
-        answer = None if settings.analytics.url else query_running_sink(settings, args.query)
-        if answer is None:
-            store = open_analytics(settings.analytics)
-            try:
-                result = store.query(args.query, readonly=True)
-            finally:
-                store.close()
-            answer = (result.columns, result.rows)
+        columns, rows = _query(settings, args.query)
     except AnalyticsError as error:
         print(f"analytics: {error}", file=sys.stderr)
         return 1
-    columns, rows = answer
     print("\t".join(columns))
     for row in rows:
         print("\t".join(_cell(value) for value in row))
+    return 0
+
+
+def cmd_trace(settings: Settings, args: argparse.Namespace) -> int:
+    """The request's spans from the analytics store, as a waterfall."""
+    from sluicegate.errors import AnalyticsError
+    from sluicegate.waterfall import SpanRow, render_waterfall
+
+    if not all(c.isalnum() or c == "-" for c in args.request_id):
+        print("a request id is letters, digits and dashes", file=sys.stderr)
+        return 2
+    query = (
+        "SELECT span_id, parent_span_id, name, toUnixTimestamp64Milli(start), "
+        "toUnixTimestamp64Milli(end), status, attributes FROM spans FINAL "
+        f"WHERE request_id = '{args.request_id.removeprefix('chatcmpl-')}' ORDER BY start"
+    )
+    try:
+        _columns, rows = _query(settings, query)
+    except AnalyticsError as error:
+        print(f"analytics: {error}", file=sys.stderr)
+        return 1
+    spans = [
+        SpanRow(
+            str(r[0]),
+            r[1] or None,
+            str(r[2]),
+            float(r[3]),
+            float(r[4]),
+            str(r[5]),
+            dict(r[6]) if isinstance(r[6], dict) else {},
+        )
+        for r in rows
+    ]
+    if not spans:
+        print(
+            f"no spans for {args.request_id} (yet: the sink batches for about a second)",
+            file=sys.stderr,
+        )
+        return 1
+    print(render_waterfall(spans))
     return 0
 
 
@@ -321,6 +367,8 @@ def parser() -> argparse.ArgumentParser:
     down.add_argument("--keep-broker", action="store_true")
     sub.add_parser("worker", help="run the Faust worker")
     sub.add_parser("inference", help="run the inference worker")
+    trace = sub.add_parser("trace", help="a request's spans as a waterfall")
+    trace.add_argument("request_id", help="request id (or the chatcmpl-… response id)")
     sub.add_parser("bridge", help="run the HTTP bridge")
     sub.add_parser("sink", help="run the analytics sink")
     sql = sub.add_parser("sql", help="query the analytics store (read-only)")
@@ -342,6 +390,7 @@ COMMANDS = {
     "down": cmd_down,
     "worker": cmd_worker,
     "inference": cmd_inference,
+    "trace": cmd_trace,
     "bridge": cmd_bridge,
     "sink": cmd_sink,
     "sql": cmd_sql,

@@ -108,7 +108,16 @@ class WorkerSettings(BaseModel):
 
     app_id: str = "sluicegate"
     inference_concurrency: int = Field(default=16, ge=1)
-    data_dir: Path = Path(".sluicegate/worker")
+    data_dir: Path = Field(
+        default=Path("~/.sluicegate/worker"),
+        validate_default=True,
+        description="Faust's local state; `~` and relative paths are made absolute.",
+    )
+
+    @field_validator("data_dir")
+    @classmethod
+    def _absolute_data_dir(cls, path: Path) -> Path:
+        return path.expanduser().resolve()
 
 
 class AnalyticsSettings(BaseModel):

@@ -21,6 +21,7 @@ from sluicegate.streams.topics import ensure_topics
 def run_worker(settings: Settings, *, loglevel: str = "INFO") -> None:
     """Blocks until the worker is stopped (SIGINT/SIGTERM)."""
     ensure_topics(settings)
+    settings.worker.data_dir.mkdir(parents=True, exist_ok=True)
     app = create_app(settings, serde=build_serde(settings))
     worker = faust.Worker(app, loglevel=loglevel, quiet=True)
     worker.execute_from_commandline()

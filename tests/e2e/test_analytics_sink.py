@@ -186,6 +186,26 @@ def test_requests_become_queryable_with_their_responses(
         time.sleep(0.1)
     assert priced == 4 and usd == pytest.approx(expected) and usd > 0
 
+    # Trace: bridge (root) → admission → inference, each nested under the stage that caused it.
+    deadline = time.monotonic() + 30
+    while True:
+        trace = subprocess.run(
+            [sys.executable, "-m", "sluicegate.cli", "trace", f"chatcmpl-{ids[0]}"],
+            env={**os.environ, **settings_env(sink_settings)},
+            cwd=REPO_ROOT,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        lines = trace.stdout.splitlines()
+        if len(lines) == 4 or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert trace.returncode == 0, trace.stderr
+    assert [line.split()[0] for line in lines[1:]] == ["bridge", "admission", "inference"]
+    assert lines[2].startswith("  admission") and lines[3].startswith("    inference")
+    assert "deployment=fake" in lines[3]
+
 
 def test_chdb_is_locked_while_the_sink_runs(sink: Sink, sink_settings: Settings) -> None:
     """Why `sql` goes through the sink: a second process cannot open the chDB path."""

@@ -57,10 +57,8 @@ def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
     print(f"topics: {len(created)} created", flush=True)
     state = _state_dir()
     pids = state / "up.pids"
-    children = [
-        _spawn(name, state / f"{name}.log" if args.detach else None)
-        for name in ("worker", "inference", "bridge", "sink")
-    ]
+    names = ("worker", "inference", "bridge", "sink")
+    children = [_spawn(name, state / f"{name}.log" if args.detach else None) for name in names]
     pids.write_text("\n".join(str(c.pid) for c in children))
     url = f"http://{settings.bridge.host}:{settings.bridge.port}"
     model = settings.models[0].name
@@ -77,7 +75,8 @@ def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
         flush=True,
     )
     if args.detach:
-        print(f"logs: {state / 'worker.log'}, {state / 'bridge.log'}; stop with `sluicegate down`")
+        logs = ", ".join(str(state / f"{c}.log") for c in names)
+        print(f"logs: {logs}; stop with `sluicegate down`")
         return 0
     try:
         while all(c.poll() is None for c in children):

@@ -60,6 +60,7 @@ class Admission:
             attempt=1,
             deadline_ms=request.deadline_ms,
             reply_to=request.reply_to,
+            api_key_id=request.api_key_id,
         )
         admitted = RequestAdmitted(
             **sibling_envelope(task, producer=PRODUCER), model=request.model, checks=["model"]

@@ -20,14 +20,16 @@ def usd(deployment: Deployment, *, prompt_tokens: int, completion_tokens: int) -
     ) / 1_000_000
 
 
-def cost_entry(result: InferenceResult, *, model: str, deployment: Deployment) -> Emit:
+def cost_entry(
+    result: InferenceResult, *, model: str, deployment: Deployment, api_key_id: str | None
+) -> Emit:
     """The cost of `result`, keyed by tenant like the ledger it feeds."""
     usage = result.usage
     entry = CostEntry(
         **sibling_envelope(result, producer=PRODUCER),
         model=model,
         deployment=deployment.name,
-        api_key_id=None,
+        api_key_id=api_key_id,
         prompt_tokens=usage.prompt_tokens,
         completion_tokens=usage.completion_tokens,
         usd=usd(

@@ -115,7 +115,11 @@ class Finisher:
         ]
         deployment = self._deployments.get(task.deployment)
         if deployment is not None:
-            emits.append(cost_entry(result, model=task.model, deployment=deployment))
+            emits.append(
+                cost_entry(
+                    result, model=task.model, deployment=deployment, api_key_id=task.api_key_id
+                )
+            )
         return emits
 
     def failed(

@@ -217,6 +217,7 @@ class InferenceTask(Event):
     attempt: int = Field(default=1, description="1 for the first try, then 2, 3, ... on retries and fallbacks.")
     deadline_ms: int | None = Field(default=None, description="Epoch millis after which the answer is useless.")
     reply_to: str | None = Field(default=None, description="The bridge instance waiting for the answer.")
+    api_key_id: str | None = Field(default=None, description="Id (never the secret) of the caller's API key, for cost attribution. Added in v2.")
 
 
 class PromptVersionPublished(Event):

@@ -23,7 +23,11 @@ def envelope(**overrides: Any) -> dict[str, Any]:
 
 
 def request(
-    model: str = "smollm2-135m", *, stream: bool = False, **overrides: Any
+    model: str = "smollm2-135m",
+    *,
+    stream: bool = False,
+    api_key_id: str | None = None,
+    **overrides: Any,
 ) -> RequestReceived:
     return RequestReceived(
         **envelope(**overrides),
@@ -31,6 +35,7 @@ def request(
         messages=[ChatMessage(role="user", content="Say hi")],
         params=SamplingParams(temperature=0.0, max_tokens=16),
         stream=stream,
+        api_key_id=api_key_id,
     )
 
 

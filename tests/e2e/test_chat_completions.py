@@ -66,6 +66,7 @@ def test_sync_completion_is_journaled_and_answered(
     expected = (usage.prompt_tokens * 0.15 + usage.completion_tokens * 0.60) / 1_000_000
     assert cost.usd == pytest.approx(expected) and cost.pricing_version == "test-2026-11"
     assert cost.tenant_id == journaled.tenant_id and cost.deployment == "fake"
+    assert cost.api_key_id == journaled.api_key_id and cost.api_key_id.startswith("key-")
 
 
 def test_streaming_completion_in_the_sdk_chunk_format(

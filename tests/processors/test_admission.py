@@ -21,7 +21,7 @@ def settings() -> Settings:
 
 
 def test_admits_and_routes_to_the_first_deployment_of_the_alias() -> None:
-    incoming = request("chat", stream=True)
+    incoming = request("chat", stream=True, api_key_id="key-abc")
     emits = Admission(settings=settings()).run(incoming)
     assert [e.topic for e in emits] == ["inference.gpu", "admitted", "traces"]
     task = emits[0].event
@@ -30,6 +30,7 @@ def test_admits_and_routes_to_the_first_deployment_of_the_alias() -> None:
     assert task.request_id == incoming.request_id == emits[0].key
     assert task.parent_span_id == incoming.span_id and task.trace_id == incoming.trace_id
     assert task.messages == incoming.messages and task.stream is True
+    assert task.api_key_id == incoming.api_key_id == "key-abc"
     assert isinstance(emits[1].event, RequestAdmitted) and emits[1].key == "acme"
     span = emits[2].event
     assert isinstance(span, Span) and span.attributes["deployment"] == "a"

@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 import fastavro
 
 from sluicegate.connectors.ports import SchemaRegistry
-from sluicegate.errors import SerializationError, UnknownSchemaError
+from sluicegate.errors import SerializationError
 from sluicegate.schemas import EVENT_MODELS, parsed_schema, schema_text
 from sluicegate.schemas.models import Event
 
@@ -89,10 +89,7 @@ class AvroSerde:
         cached = self._writers.get(schema_id)
         if cached is not None:
             return cached
-        try:
-            text = self._registry.lookup(schema_id)
-        except UnknownSchemaError:
-            raise
+        text = self._registry.lookup(schema_id)  # UnknownSchemaError propagates as is
         schema = json.loads(text)
         name = schema["name"].split(".")[-1]
         if name not in EVENT_MODELS:

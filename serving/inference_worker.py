@@ -18,7 +18,7 @@ import uuid
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 
-from confluent_kafka import Consumer, KafkaError, Message, TopicPartition
+from confluent_kafka import Consumer, Message, TopicPartition
 
 from sluicegate.connectors.ports import InferenceBackend
 from sluicegate.processors.envelope import Emit
@@ -26,7 +26,7 @@ from sluicegate.processors.inference import InferenceStage
 from sluicegate.processors.rejection import internal_error
 from sluicegate.schemas.models import InferenceTask
 from sluicegate.schemas.serde import AvroSerde
-from sluicegate.serving.kafka_io import AsyncProducer
+from sluicegate.serving.kafka_io import AsyncProducer, fetch_ready
 from sluicegate.settings import Settings
 from sluicegate.streams.dlq import dead_letter
 
@@ -123,19 +123,7 @@ class InferenceWorker:
             self._fetcher.shutdown(wait=False)
 
     def _fetch(self) -> list[Message]:
-        """Block for one record, then take whatever else is already fetched (no batching wait)."""
-        first = self._consumer.poll(0.2)
-        if first is None:
-            return []
-        messages = [first, *self._consumer.consume(num_messages=256, timeout=0)]
-        wanted = []
-        for message in messages:
-            error = message.error()
-            if error is None:
-                wanted.append(message)
-            elif error.code() != KafkaError._PARTITION_EOF:
-                log.warning("inference consumer: %s", error)
-        return wanted
+        return fetch_ready(self._consumer, wait_s=0.2, max_records=256, who="inference consumer")
 
     def _on_revoke(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
         self._tracker.forget(partitions)

@@ -22,6 +22,26 @@ from sluicegate.schemas.serde import AvroSerde
 log = logging.getLogger(__name__)
 
 
+def fetch_ready(consumer: Consumer, *, wait_s: float, max_records: int, who: str) -> list[Message]:
+    """Block for one record, then take whatever else is already fetched.
+
+    `consume()` waits for the whole batch or the timeout, which would add its timeout to every
+    request's latency at low load. Error records are dropped (partition EOF silently, the rest
+    logged), so callers see data records only.
+    """
+    first = consumer.poll(wait_s)
+    if first is None:
+        return []
+    ready = []
+    for message in [first, *consumer.consume(num_messages=max_records, timeout=0)]:
+        error = message.error()
+        if error is None:
+            ready.append(message)
+        elif error.code() != KafkaError._PARTITION_EOF:
+            log.warning("%s: %s", who, error)
+    return ready
+
+
 class AsyncProducer:
     """Idempotent, acks=all producer; `publish` resolves once the broker has the record.
 
@@ -158,18 +178,9 @@ class ReplyRouter:
 
     def _run(self) -> None:
         while self._running:
-            # consume() waits for the whole batch or the timeout, so block on one record only
-            # and then drain whatever else is already fetched.
-            first = self._consumer.poll(0.1)
-            if first is None:
-                continue
-            messages = [first, *self._consumer.consume(num_messages=500, timeout=0)]
+            messages = fetch_ready(self._consumer, wait_s=0.1, max_records=500, who="reply router")
             wanted: list[tuple[Listener, Event]] = []
             for message in messages:
-                if message.error():
-                    if message.error().code() != KafkaError._PARTITION_EOF:
-                        log.warning("reply router: %s", message.error())
-                    continue
                 key = message.key()
                 listener = self._listeners.get(key.decode()) if key else None
                 if listener is None:

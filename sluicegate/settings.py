@@ -10,12 +10,23 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, Field, SecretStr, field_validator
+import yaml
+from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-BackendKind = Literal["openai", "llamacpp"]
+BackendKind = Literal["openai", "azure", "anthropic", "llamacpp"]
+RoutingStrategy = Literal["priority", "cost", "latency", "weighted", "capability"]
+
+
+class Capabilities(BaseModel):
+    """What a deployment can do; routing skips deployments that lack what a request needs."""
+
+    tools: bool = False
+    json_mode: bool = False
+    vision: bool = False
+    streaming: bool = True
 
 
 class KafkaSettings(BaseModel):
@@ -57,6 +68,11 @@ class Deployment(BaseModel):
     pricing_version: str = Field(
         default="unpriced", description="Names the price list the two prices come from."
     )
+    context_window: int = Field(default=8192, gt=0, description="Prompt + completion tokens.")
+    capabilities: Capabilities = Capabilities()
+    weight: float = Field(default=1.0, ge=0, description="Share of traffic under `weighted`.")
+    priority: int = Field(default=0, description="Lower is tried first under `priority`.")
+    api_version: str | None = Field(default=None, description="Azure OpenAI `api-version`.")
 
     @property
     def api_key(self) -> SecretStr | None:
@@ -73,6 +89,9 @@ class ModelAlias(BaseModel):
     name: str
     deployments: list[str]
     description: str = ""
+    strategy: RoutingStrategy = Field(
+        default="priority", description="How routing orders the deployments for one request."
+    )
 
 
 def _embedded_catalogue() -> tuple[list[Deployment], list[ModelAlias]]:
@@ -84,6 +103,17 @@ def _embedded_catalogue() -> tuple[list[Deployment], list[ModelAlias]]:
     )
     alias = ModelAlias(name="smollm2-135m", deployments=[local.name], description=local.description)
     return [local], [alias]
+
+
+def load_catalogue(path: Path) -> dict[str, Any]:
+    """Read a catalogue YAML file: a mapping with `deployments` and/or `models` lists."""
+    try:
+        loaded = yaml.safe_load(path.expanduser().read_text())
+    except (OSError, yaml.YAMLError) as error:
+        raise ValueError(f"cannot read catalogue file {path}: {error}") from error
+    if not isinstance(loaded, dict) or not set(loaded) <= {"deployments", "models"}:
+        raise ValueError(f"{path}: expected a mapping with `deployments` and `models`")
+    return loaded
 
 
 class BridgeSettings(BaseModel):
@@ -152,6 +182,66 @@ class AnalyticsSettings(BaseModel):
         return Path(self.dsn.removeprefix("chdb://"))
 
 
+class ResilienceSettings(BaseModel):
+    """Retries, circuit breakers and latency tracking for the routing stage."""
+
+    max_retries: int = Field(
+        default=2, ge=0, description="Retries on the same deployment for a retryable failure."
+    )
+    backoff_base_s: float = Field(default=0.25, gt=0)
+    backoff_max_s: float = Field(default=8.0, gt=0)
+    breaker_failures: int = Field(
+        default=5, ge=1, description="Failures within `breaker_window_s` that open a breaker."
+    )
+    breaker_window_s: float = Field(default=30.0, gt=0)
+    breaker_cooldown_s: float = Field(
+        default=30.0, gt=0, description="How long a breaker stays open before a half-open probe."
+    )
+    latency_ewma_alpha: float = Field(default=0.2, gt=0, le=1)
+
+
+class LimitRule(BaseModel):
+    """Limits for one subject (a tenant, an API key or an end user); unset means unlimited."""
+
+    requests_per_minute: int | None = Field(default=None, ge=1)
+    tokens_per_minute: int | None = Field(default=None, ge=1)
+    usd_per_day: float | None = Field(default=None, gt=0)
+    usd_per_month: float | None = Field(default=None, gt=0)
+
+
+class LimitsSettings(BaseModel):
+    """Rate limits and budgets: a default rule per kind of subject, and overrides by id."""
+
+    tenant: LimitRule = LimitRule()
+    key: LimitRule = LimitRule()
+    user: LimitRule = LimitRule()
+    tenants: dict[str, LimitRule] = Field(default_factory=dict)
+    keys: dict[str, LimitRule] = Field(default_factory=dict)
+    budget_alert_thresholds: list[float] = Field(
+        default_factory=lambda: [0.5, 0.8, 1.0],
+        description="Shares of a budget at which a BudgetAlert event is emitted.",
+    )
+
+    def for_tenant(self, tenant_id: str) -> LimitRule:
+        return self.tenants.get(tenant_id, self.tenant)
+
+    def for_key(self, key_id: str) -> LimitRule:
+        return self.keys.get(key_id, self.key)
+
+
+class CacheSettings(BaseModel):
+    """The response cache: an exact tier and a semantic (embedding) tier."""
+
+    enabled: bool = True
+    semantic: bool = True
+    similarity_threshold: float = Field(default=0.95, gt=0, le=1)
+    ttl_s: float = Field(default=3600.0, gt=0)
+    max_entries_per_scope: int = Field(default=10_000, ge=1)
+    deterministic_only: bool = Field(
+        default=True, description="Cache only temperature-0 requests unless a request opts in."
+    )
+
+
 class Settings(BaseSettings):
     """The root settings: composed from the groups above, frozen once built."""
 
@@ -164,8 +254,26 @@ class Settings(BaseSettings):
     bridge: BridgeSettings = BridgeSettings()
     worker: WorkerSettings = WorkerSettings()
     analytics: AnalyticsSettings = AnalyticsSettings()
+    resilience: ResilienceSettings = ResilienceSettings()
+    limits: LimitsSettings = LimitsSettings()
+    cache: CacheSettings = CacheSettings()
+    catalogue_file: Path | None = Field(
+        default=None,
+        description="YAML file with `deployments` and `models`; the environment still overrides.",
+    )
     deployments: list[Deployment] = Field(default_factory=lambda: _embedded_catalogue()[0])
     models: list[ModelAlias] = Field(default_factory=lambda: _embedded_catalogue()[1])
+
+    @model_validator(mode="before")
+    @classmethod
+    def _load_catalogue_file(cls, data: Any) -> Any:
+        if not isinstance(data, dict) or not data.get("catalogue_file"):
+            return data
+        catalogue = load_catalogue(Path(data["catalogue_file"]))
+        for key in ("deployments", "models"):
+            if key not in data and key in catalogue:
+                data = {**data, key: catalogue[key]}
+        return data
 
     @field_validator("models")
     @classmethod

@@ -1,16 +1,26 @@
 """Admission: the one in-process stage between the journal and inference.
 
-It runs guard → route in order on the tenant's partition with no repartition, so the hot path
-has a single Kafka hop between the bridge's journal write and the inference worker. Every decision
-is still an event (RequestAdmitted / RequestRejected, a Span) for the side topics.
+It runs route → limits → cache on the tenant's partition with no repartition, so the hot path
+has a single Kafka hop between the bridge's journal write and the inference worker. Every
+decision is still an event (RequestAdmitted / RequestRejected, a Span with the routing reason)
+for the side topics.
 
-In this first version the guard admits every request whose model alias exists and routing takes
-the alias's first deployment; later stages (rate limits, cache, RAG, strategies) plug in here.
+State (rate-limit counters, budgets, cache entries) sits in mappings the caller provides: the
+Faust agent passes its changelog-backed tables, so a restarted worker resumes with the same
+counters; tests pass dicts.
 """
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable, Mapping, MutableMapping
+from datetime import datetime
+from typing import Any
+
 from sluicegate.processors.envelope import Emit, child_envelope, new_span_id, now, sibling_envelope
+from sluicegate.processors.health import HealthSnapshot
+from sluicegate.processors.limits import LimitDecision, Limiter
+from sluicegate.processors.routing import RouteDecision, Router, RoutingError, needs_of
 from sluicegate.schemas.models import (
     InferenceTask,
     RequestAdmitted,
@@ -21,33 +31,69 @@ from sluicegate.schemas.models import (
 from sluicegate.settings import Settings
 
 PRODUCER = "admission"
+NO_HEALTH: Mapping[str, HealthSnapshot] = {}
+_LIMIT_ERROR_TYPE = {"budget_exceeded": "insufficient_quota"}
 
 
 class Admission:
     """RequestReceived in → the events that admit and route it, or reject it."""
 
-    def __init__(self, *, settings: Settings) -> None:
+    def __init__(
+        self,
+        *,
+        settings: Settings,
+        limits_state: MutableMapping[str, Any] | None = None,
+        health: Callable[[], Mapping[str, HealthSnapshot]] = lambda: NO_HEALTH,
+        clock_ms: Callable[[], int] = lambda: int(time.time() * 1000),
+        router: Router | None = None,
+    ) -> None:
         self._settings = settings
+        self._router = router or Router.from_settings(settings)
+        self._limiter = Limiter(settings.limits, {} if limits_state is None else limits_state)
+        self._health = health
+        self._clock_ms = clock_ms
+
+    @property
+    def limiter(self) -> Limiter:
+        return self._limiter
 
     def run(self, request: RequestReceived) -> list[Emit]:
         started = now()
+        now_ms = self._clock_ms()
         span_id = new_span_id()
-        alias = self._settings.alias(request.model)
-        if alias is None:
-            rejected = RequestRejected(
-                **child_envelope(request, producer=PRODUCER, span_id=span_id),
-                stage=PRODUCER,
-                error_type="invalid_request_error",
-                code="model_not_found",
-                message=f"The model `{request.model}` does not exist.",
-                http_status=404,
+        try:
+            needs = needs_of(request)
+            route = self._router.route(request.model, needs, self._health(), now_ms)
+        except RoutingError as error:
+            return self._reject(
+                request,
+                started,
+                span_id,
+                code=error.code,
+                error_type=error.error_type,
+                message=error.message,
+                http_status=error.http_status,
+                retry_after_s=error.retry_after_s,
+                attributes={"skipped": _skipped(error.skipped)} if error.skipped else {},
             )
-            return [
-                Emit("admitted", request.tenant_id, rejected),
-                Emit("responses", request.request_id, rejected),
-                self._span(rejected, started, "error", {"decision": "rejected:model_not_found"}),
-            ]
-        deployment = self._settings.deployment(alias.deployments[0])
+        limit = self._limiter.check(
+            request.tenant_id, request.api_key_id, request.user, needs.tokens_needed, now_ms
+        )
+        if not limit.allowed:
+            return self._limited(request, started, span_id, limit)
+        return self._admit(request, started, span_id, route, needs.tokens_needed, now_ms, limit)
+
+    def _admit(
+        self,
+        request: RequestReceived,
+        started: datetime,
+        span_id: str,
+        route: RouteDecision,
+        estimated_tokens: int,
+        now_ms: int,
+        limit: LimitDecision,
+    ) -> list[Emit]:
+        deployment = self._settings.deployment(route.deployment)
         task = InferenceTask(
             **child_envelope(request, producer=PRODUCER, span_id=span_id),
             model=request.model,
@@ -61,21 +107,86 @@ class Admission:
             deadline_ms=request.deadline_ms,
             reply_to=request.reply_to,
             api_key_id=request.api_key_id,
+            fallbacks=list(route.fallbacks),
+            estimated_tokens=estimated_tokens,
+            admitted_at_ms=now_ms,
+            user=request.user,
+            feature=request.metadata.get("feature"),
         )
         admitted = RequestAdmitted(
-            **sibling_envelope(task, producer=PRODUCER), model=request.model, checks=["model"]
+            **sibling_envelope(task, producer=PRODUCER),
+            model=request.model,
+            checks=["route", "limits"],
         )
-        attributes = {"deployment": deployment.name, "reason": "first deployment of the alias"}
+        attributes = {
+            "deployment": deployment.name,
+            "strategy": route.strategy,
+            "reason": route.reason,
+            "fallbacks": ",".join(route.fallbacks),
+            "estimated_tokens": str(estimated_tokens),
+        }
+        if route.skipped:
+            attributes["skipped"] = _skipped(route.skipped)
+        remaining = limit.headers.get("x-ratelimit-remaining-requests")
+        if remaining is not None:
+            attributes["ratelimit_remaining_requests"] = remaining
         return [
             Emit(f"inference.{deployment.pool}", request.request_id, task),
             Emit("admitted", request.tenant_id, admitted),
             self._span(task, started, "ok", attributes),
         ]
 
+    def _limited(
+        self, request: RequestReceived, started: datetime, span_id: str, limit: LimitDecision
+    ) -> list[Emit]:
+        code = limit.code or "rate_limit_exceeded"
+        return self._reject(
+            request,
+            started,
+            span_id,
+            code=code,
+            error_type=_LIMIT_ERROR_TYPE.get(code, "rate_limit_error"),
+            message=limit.message,
+            http_status=429,
+            retry_after_s=limit.retry_after_s,
+            headers=limit.headers,
+            attributes={},
+        )
+
+    def _reject(
+        self,
+        request: RequestReceived,
+        started: datetime,
+        span_id: str,
+        *,
+        code: str,
+        error_type: str,
+        message: str,
+        http_status: int,
+        retry_after_s: float | None,
+        attributes: dict[str, str],
+        headers: Mapping[str, str] | None = None,
+    ) -> list[Emit]:
+        rejected = RequestRejected(
+            **child_envelope(request, producer=PRODUCER, span_id=span_id),
+            stage=PRODUCER,
+            error_type=error_type,
+            code=code,
+            message=message,
+            http_status=http_status,
+            retry_after_s=retry_after_s,
+            headers=dict(headers or {}),
+        )
+        return [
+            Emit("admitted", request.tenant_id, rejected),
+            Emit("responses", request.request_id, rejected),
+            self._span(rejected, started, "error", {"decision": f"rejected:{code}", **attributes}),
+        ]
+
     @staticmethod
     def _span(
         event: InferenceTask | RequestRejected,
-        started: object,
+        started: datetime,
         status: str,
         attributes: dict[str, str],
     ) -> Emit:
@@ -88,3 +199,7 @@ class Admission:
             attributes=attributes,
         )
         return Emit("traces", event.trace_id, span)
+
+
+def _skipped(skipped: Mapping[str, str]) -> str:
+    return "; ".join(f"{name}: {why}" for name, why in skipped.items())

@@ -146,6 +146,11 @@ def cost_row(event: CostEntry) -> Row:
         "completion_tokens": event.completion_tokens,
         "usd": event.usd,
         "pricing_version": event.pricing_version,
+        "user": event.user,
+        "feature": event.feature,
+        "estimated_tokens": event.estimated_tokens,
+        "cache_hit": event.cache_hit,
+        "usd_saved": event.usd_saved,
     }
 
 

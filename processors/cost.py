@@ -7,7 +7,7 @@ and still records its tokens), so spend per tenant, model and day is one SQL que
 from __future__ import annotations
 
 from sluicegate.processors.envelope import Emit, sibling_envelope
-from sluicegate.schemas.models import CostEntry, InferenceResult
+from sluicegate.schemas.models import CostEntry, InferenceResult, InferenceTask
 from sluicegate.settings import Deployment
 
 PRODUCER = "inference"
@@ -20,16 +20,18 @@ def usd(deployment: Deployment, *, prompt_tokens: int, completion_tokens: int) -
     ) / 1_000_000
 
 
-def cost_entry(
-    result: InferenceResult, *, model: str, deployment: Deployment, api_key_id: str | None
-) -> Emit:
-    """The cost of `result`, keyed by tenant like the ledger it feeds."""
+def cost_entry(result: InferenceResult, *, task: InferenceTask, deployment: Deployment) -> Emit:
+    """The cost of `result`, keyed by tenant like the ledger (and the budgets) it feeds."""
     usage = result.usage
     entry = CostEntry(
         **sibling_envelope(result, producer=PRODUCER),
-        model=model,
+        model=task.model,
         deployment=deployment.name,
-        api_key_id=api_key_id,
+        api_key_id=task.api_key_id,
+        user=task.user,
+        feature=task.feature,
+        estimated_tokens=task.estimated_tokens,
+        admitted_at_ms=task.admitted_at_ms,
         prompt_tokens=usage.prompt_tokens,
         completion_tokens=usage.completion_tokens,
         usd=usd(

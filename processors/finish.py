@@ -1,8 +1,9 @@
 """Finish: turn a backend's completion (or failure) into the events the rest of the system reads.
 
 InferenceResult feeds routing statistics and cost; ResponseReady is what the bridge returns;
-the Span times the inference stage. On failure the caller still gets an answer: a
-RequestRejected on sg.responses with the provider's error class mapped to an HTTP status.
+the Span times the inference stage. On failure the attempt is an InferenceFailed; then either
+the next attempt (a retry or a fallback, as a new InferenceTask) or, when the planner gives up,
+a RequestRejected on sg.responses with an HTTP status, so the caller always gets an answer.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from sluicegate.connectors.ports import Completion
 from sluicegate.errors import BackendError
 from sluicegate.processors.cost import cost_entry
 from sluicegate.processors.envelope import Emit, child_envelope, now, sibling_envelope
+from sluicegate.processors.resilience import Fallback, GiveUp, Retry
 from sluicegate.schemas.models import (
     ChatMessage,
     InferenceFailed,
@@ -29,13 +31,12 @@ from sluicegate.settings import Deployment
 
 PRODUCER = "inference"
 
-_HTTP_STATUS = {
-    "rate_limited": (429, "rate_limit_error"),
-    "timeout": (504, "timeout"),
-    "context_too_long": (400, "invalid_request_error"),
-    "content_policy": (400, "invalid_request_error"),
-    "bad_request": (400, "invalid_request_error"),
-    "auth": (502, "upstream_error"),
+_ERROR_TYPE = {
+    "rate_limited": "rate_limit_error",
+    "timeout": "timeout",
+    "context_too_long": "invalid_request_error",
+    "content_policy": "invalid_request_error",
+    "bad_request": "invalid_request_error",
 }
 
 
@@ -110,21 +111,18 @@ class Finisher:
         }
         emits = [
             Emit("responses", task.request_id, response),
-            Emit("inference.results", task.request_id, result),
+            Emit("inference.results", task.deployment, result),
             self._span(result, started, "ok", attributes),
         ]
         deployment = self._deployments.get(task.deployment)
         if deployment is not None:
-            emits.append(
-                cost_entry(
-                    result, model=task.model, deployment=deployment, api_key_id=task.api_key_id
-                )
-            )
+            emits.append(cost_entry(result, task=task, deployment=deployment))
         return emits
 
     def failed(
         self, task: InferenceTask, error: BackendError, *, started: datetime, latency_ms: float
-    ) -> list[Emit]:
+    ) -> tuple[InferenceFailed, list[Emit]]:
+        """The attempt's failure event and span; what happens next is the planner's decision."""
         failure = InferenceFailed(
             **child_envelope(task, producer=PRODUCER),
             deployment=task.deployment,
@@ -136,22 +134,57 @@ class Finisher:
             latency_ms=latency_ms,
             attempt=task.attempt,
         )
-        status, error_type = _HTTP_STATUS.get(error.error_class, (502, "upstream_error"))
+        attributes = {
+            "deployment": task.deployment,
+            "error_class": error.error_class,
+            "attempt": str(task.attempt),
+        }
+        return failure, [
+            Emit("inference.results", task.deployment, failure),
+            self._span(failure, started, "error", attributes),
+        ]
+
+    def next_attempt(
+        self, task: InferenceTask, failure: InferenceFailed, decision: Retry | Fallback
+    ) -> Emit:
+        """The next attempt as its own task event, on the pool topic of the deployment it names.
+
+        A new task rather than an in-process loop: every attempt is on the log, a crash between
+        attempts loses nothing, and a fallback into another pool reaches that pool's workers.
+        """
+        envelope = child_envelope(failure, producer=PRODUCER)
+        if isinstance(decision, Retry):
+            update = {
+                "attempt": task.attempt + 1,
+                "deployment_attempt": task.deployment_attempt + 1,
+                "not_before_ms": decision.not_before_ms,
+            }
+        else:
+            target = self._deployments[decision.deployment]
+            update = {
+                "attempt": task.attempt + 1,
+                "deployment": target.name,
+                "provider_model": target.provider_model,
+                "pool": target.pool,
+                "fallbacks": list(decision.remaining_chain),
+                "deployment_attempt": 1,
+                "not_before_ms": None,
+            }
+        following = task.model_copy(update={**envelope, **update})
+        return Emit(f"inference.{following.pool}", task.request_id, following)
+
+    def gave_up(self, task: InferenceTask, failure: InferenceFailed, decision: GiveUp) -> Emit:
+        error_type = _ERROR_TYPE.get(decision.error_class, "upstream_error")
         rejected = RequestRejected(
             **sibling_envelope(failure, producer=PRODUCER),
             stage=PRODUCER,
             error_type=error_type,
-            code=error.error_class,
-            message=f"Deployment {task.deployment} failed: {error}",
-            http_status=status,
-            retry_after_s=error.retry_after_s,
+            code=decision.error_class,
+            message=decision.message or f"Deployment {task.deployment} failed: {failure.message}",
+            http_status=decision.http_status,
+            retry_after_s=failure.retry_after_s if decision.http_status == 429 else None,
         )
-        attributes = {"deployment": task.deployment, "error_class": error.error_class}
-        return [
-            Emit("responses", task.request_id, rejected),
-            Emit("inference.results", task.request_id, failure),
-            self._span(failure, started, "error", attributes),
-        ]
+        return Emit("responses", task.request_id, rejected)
 
     @staticmethod
     def _span(

@@ -22,7 +22,11 @@ class HealthSnapshot:
     ttft_ewma_ms: float | None = None
 
     def callable_at(self, now_ms: int) -> bool:
-        """Closed, half-open, or open with its cool-down over (the next call is the probe)."""
-        if self.breaker != "open":
+        """Closed, or open/half-open with `open_until_ms` passed (the next call is the probe).
+
+        While half-open, `open_until_ms` is the lease of the probe in flight, so nobody else
+        calls until it reports back or its lease runs out: one probe, not a stampede.
+        """
+        if self.breaker == "closed":
             return True
         return self.open_until_ms is not None and now_ms >= self.open_until_ms

@@ -2,19 +2,35 @@
 
 An async generator of `Emit`s so that streamed TokenChunks leave as they are produced; the
 agent around it only publishes. Tested with a fake backend, no broker.
+
+Resilience lives here because this is where a failure is seen with the whole task in hand: the
+attempt's InferenceFailed, then the planner's decision (retry after a backoff, fall back along
+routing's chain, or give up) — each a new event. A task whose deployment's breaker is open is
+not called at all: it fails at once as `circuit_open` and falls back.
 """
 
 from __future__ import annotations
 
+import asyncio
+import random
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from datetime import datetime
 
 from sluicegate.connectors.ports import Completion, InferenceBackend
 from sluicegate.errors import BackendError
 from sluicegate.processors.envelope import Emit, now
 from sluicegate.processors.finish import Finisher
+from sluicegate.processors.health import HealthSnapshot
+from sluicegate.processors.resilience import AttemptPlanner, Decision, GiveUp, may_call
 from sluicegate.schemas.models import InferenceTask, TokenUsage
-from sluicegate.settings import Deployment
+from sluicegate.settings import Deployment, ResilienceSettings
+
+NO_HEALTH: Mapping[str, HealthSnapshot] = {}
+
+
+class _StreamBroken(BackendError):
+    """A stream failed after chunks reached the caller: a retry would repeat them."""
 
 
 class InferenceStage:
@@ -25,17 +41,33 @@ class InferenceStage:
         *,
         backends: Mapping[str, InferenceBackend],
         deployments: Mapping[str, Deployment] | None = None,
+        resilience: ResilienceSettings | None = None,
+        health: Callable[[], Mapping[str, HealthSnapshot]] = lambda: NO_HEALTH,
         clock_ms: Callable[[], float] = lambda: time.time() * 1000,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        rng: random.Random | None = None,
     ) -> None:
         self._backends = backends
-        self._finisher = Finisher(deployments=deployments)
+        self._deployments = dict(deployments or {})
+        self._finisher = Finisher(deployments=self._deployments)
+        self._planner = AttemptPlanner(resilience or ResilienceSettings(), rng or random.Random())
+        self._health = health
         self._clock_ms = clock_ms
+        self._sleep = sleep
 
     async def run(self, task: InferenceTask) -> AsyncIterator[Emit]:
+        if task.not_before_ms is not None:
+            wait_s = (task.not_before_ms - self._clock_ms()) / 1000
+            if wait_s > 0:  # a retry's backoff; the deadline check below still applies
+                await self._sleep(wait_s)
         started = now()
         t0 = time.perf_counter()
         backend = self._backends.get(task.deployment)
         try:
+            if not may_call(self._health().get(task.deployment), int(self._clock_ms())):
+                raise BackendError(
+                    f"the circuit breaker of {task.deployment} is open", error_class="circuit_open"
+                )
             if backend is None:
                 raise BackendError(
                     f"no backend serves deployment {task.deployment!r} here",
@@ -57,7 +89,7 @@ class InferenceStage:
                 completion, ttft_ms = await backend.complete(task), None
         except BackendError as error:
             latency_ms = (time.perf_counter() - t0) * 1000
-            for emit in self._finisher.failed(task, error, started=started, latency_ms=latency_ms):
+            for emit in self._after_failure(task, error, started, latency_ms):
                 yield emit
             return
         latency_ms = (time.perf_counter() - t0) * 1000
@@ -65,6 +97,29 @@ class InferenceStage:
             task, completion, started=started, latency_ms=latency_ms, ttft_ms=ttft_ms
         ):
             yield emit
+
+    def _after_failure(
+        self, task: InferenceTask, error: BackendError, started: datetime, latency_ms: float
+    ) -> list[Emit]:
+        failure, emits = self._finisher.failed(task, error, started=started, latency_ms=latency_ms)
+        decision: Decision
+        if isinstance(error, _StreamBroken):
+            decision = GiveUp(
+                error.error_class, 502, f"The stream from {task.deployment} broke: {error}"
+            )
+        else:
+            decision = self._planner.plan_failure(
+                task,
+                failure,
+                deployments=self._deployments,
+                health=self._health(),
+                now_ms=int(self._clock_ms()),
+            )
+        if isinstance(decision, GiveUp):
+            emits.append(self._finisher.gave_up(task, failure, decision))
+        else:
+            emits.append(self._finisher.next_attempt(task, failure, decision))
+        return emits
 
     async def _stream(
         self, task: InferenceTask, backend: InferenceBackend, t0: float
@@ -74,18 +129,25 @@ class InferenceStage:
         index = 0
         ttft_ms: float | None = None
         finish_reason, prompt_tokens, completion_tokens, provider_model = "stop", 0, 0, ""
-        async for delta in backend.stream(task):
-            if delta.text:
-                if ttft_ms is None:
-                    ttft_ms = (time.perf_counter() - t0) * 1000
-                parts.append(delta.text)
-                yield self._finisher.chunk(task, index, delta.text)
-                index += 1
-            if delta.finish_reason is not None:
-                finish_reason = delta.finish_reason
-                prompt_tokens = delta.prompt_tokens or 0
-                completion_tokens = delta.completion_tokens or 0
-                provider_model = delta.provider_model or task.provider_model
+        try:
+            async for delta in backend.stream(task):
+                if delta.text:
+                    if ttft_ms is None:
+                        ttft_ms = (time.perf_counter() - t0) * 1000
+                    parts.append(delta.text)
+                    yield self._finisher.chunk(task, index, delta.text)
+                    index += 1
+                if delta.finish_reason is not None:
+                    finish_reason = delta.finish_reason
+                    prompt_tokens = delta.prompt_tokens or 0
+                    completion_tokens = delta.completion_tokens or 0
+                    provider_model = delta.provider_model or task.provider_model
+        except BackendError as error:
+            if index == 0:
+                raise
+            raise _StreamBroken(
+                str(error), error_class=error.error_class, status_code=error.status_code
+            ) from error
         usage = TokenUsage(
             prompt_tokens=prompt_tokens,
             completion_tokens=completion_tokens,

@@ -44,6 +44,19 @@ class AuditRecord(Event):
     hash: str = Field(description="Hash of this record.")
 
 
+class BudgetAlert(Event):
+    """Spend crossed a share of a budget (50/80/100% by default); at 100% admission stops for the period."""
+
+    AVRO_NAME: ClassVar[str] = "io.sluicegate.events.BudgetAlert"
+    subject_kind: str = Field(description="tenant, key or user.")
+    subject_id: str = Field(description="The tenant id or API key id.")
+    period: str = Field(description="day or month (UTC).")
+    period_start: str = Field(description="First day of the period, ISO date.")
+    threshold: float = Field(description="The share crossed, e.g. 0.8.")
+    budget_usd: float = Field(description="The budget for the period.")
+    spent_usd: float = Field(description="Spend in the period after the entry that crossed the threshold.")
+
+
 class ChunkCreated(Event):
     """One chunk of a document."""
 
@@ -78,6 +91,12 @@ class CostEntry(Event):
     completion_tokens: int = Field(description="Output tokens.")
     usd: float = Field(description="Cost in US dollars.")
     pricing_version: str = Field(description="Which price list was applied.")
+    user: str | None = Field(default=None, description="End user charged.")
+    feature: str | None = Field(default=None, description="Feature tag charged.")
+    estimated_tokens: int = Field(default=0, description="Tokens charged to rate limits at admission; settled against the real usage.")
+    cache_hit: bool = Field(default=False, description="Answered from the response cache (usd is 0).")
+    usd_saved: float = Field(default=0.0, description="For cache hits: what the original call cost.")
+    admitted_at_ms: int = Field(default=0, description="Epoch millis of the admission decision: where the rate limiter charged the estimate.")
 
 
 class DeadLetter(Event):
@@ -92,6 +111,19 @@ class DeadLetter(Event):
     error_class: str = Field(description="Exception class.")
     error_message: str = Field(description="Why it failed.")
     stage: str = Field(description="Which agent gave up on it.")
+
+
+class DeploymentHealth(Event):
+    """A deployment's circuit-breaker state and latency after an inference outcome changed it; compacted per deployment."""
+
+    AVRO_NAME: ClassVar[str] = "io.sluicegate.events.DeploymentHealth"
+    deployment: str = Field(description="Catalogue deployment.")
+    breaker: str = Field(description="closed, open or half_open.")
+    previous_breaker: str = Field(description="The state before this event.")
+    open_until_ms: int | None = Field(default=None, description="While open: when the next call may probe.")
+    latency_ewma_ms: float | None = Field(default=None, description="EWMA of successful call latency.")
+    ttft_ewma_ms: float | None = Field(default=None, description="EWMA of time to first token.")
+    reason: str = Field(default='', description="Why the state is what it is.")
 
 
 class DocumentSubmitted(Event):
@@ -218,6 +250,14 @@ class InferenceTask(Event):
     deadline_ms: int | None = Field(default=None, description="Epoch millis after which the answer is useless.")
     reply_to: str | None = Field(default=None, description="The bridge instance waiting for the answer.")
     api_key_id: str | None = Field(default=None, description="Id (never the secret) of the caller's API key, for cost attribution. Added in v2.")
+    fallbacks: list[str] = Field(default_factory=list, description="Deployments still to try, in order, if this attempt fails (routing's chain).")
+    deployment_attempt: int = Field(default=1, description="Attempts made on this deployment so far, this one included.")
+    not_before_ms: int | None = Field(default=None, description="Epoch millis before which the attempt must not start (retry backoff).")
+    estimated_tokens: int = Field(default=0, description="Prompt + completion tokens charged to rate limits at admission.")
+    user: str | None = Field(default=None, description="End user, for attribution.")
+    feature: str | None = Field(default=None, description="Free-form feature tag (metadata `feature`), for attribution.")
+    cache_key: str | None = Field(default=None, description="Response-cache scope and key to store the answer under; null when not cacheable.")
+    admitted_at_ms: int = Field(default=0, description="Epoch millis of the admission decision: where the rate limiter charged the estimate.")
 
 
 class PromptVersionPublished(Event):
@@ -284,6 +324,7 @@ class RequestRejected(Event):
     message: str = Field(description="Human-readable reason.")
     http_status: int = Field(description="The status the bridge answers with.")
     retry_after_s: float | None = Field(default=None, description="Seconds after which a retry may succeed.")
+    headers: dict[str, str] = Field(default_factory=dict, description="HTTP headers for the answer, e.g. x-ratelimit-*.")
 
 
 class ResponseReady(Event):
@@ -323,4 +364,4 @@ class TokenChunk(Event):
     model: str = Field(description="The alias the caller asked for.")
 
 
-EVENT_MODELS: dict[str, type[Event]] = {"AuditRecord": AuditRecord, "ChunkCreated": ChunkCreated, "ChunkEmbedded": ChunkEmbedded, "CostEntry": CostEntry, "DeadLetter": DeadLetter, "DocumentSubmitted": DocumentSubmitted, "DriftDetected": DriftDetected, "EvalCaseResult": EvalCaseResult, "EvalRunCompleted": EvalRunCompleted, "InferenceFailed": InferenceFailed, "InferenceResult": InferenceResult, "InferenceTask": InferenceTask, "PromptVersionPublished": PromptVersionPublished, "RequestAdmitted": RequestAdmitted, "RequestEnriched": RequestEnriched, "RequestReceived": RequestReceived, "RequestRejected": RequestRejected, "ResponseReady": ResponseReady, "Span": Span, "TokenChunk": TokenChunk}
+EVENT_MODELS: dict[str, type[Event]] = {"AuditRecord": AuditRecord, "BudgetAlert": BudgetAlert, "ChunkCreated": ChunkCreated, "ChunkEmbedded": ChunkEmbedded, "CostEntry": CostEntry, "DeadLetter": DeadLetter, "DeploymentHealth": DeploymentHealth, "DocumentSubmitted": DocumentSubmitted, "DriftDetected": DriftDetected, "EvalCaseResult": EvalCaseResult, "EvalRunCompleted": EvalRunCompleted, "InferenceFailed": InferenceFailed, "InferenceResult": InferenceResult, "InferenceTask": InferenceTask, "PromptVersionPublished": PromptVersionPublished, "RequestAdmitted": RequestAdmitted, "RequestEnriched": RequestEnriched, "RequestReceived": RequestReceived, "RequestRejected": RequestRejected, "ResponseReady": ResponseReady, "Span": Span, "TokenChunk": TokenChunk}

@@ -12,6 +12,7 @@ import asyncio
 import hashlib
 import json
 import logging
+import math
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -43,6 +44,8 @@ log = logging.getLogger(__name__)
 
 TENANT_HEADER = "X-Sluicegate-Tenant"
 TIMEOUT_HEADER = "X-Sluicegate-Timeout"
+# Per-request routing overrides; the same as extra_body={"sluicegate": {...}}.
+OVERRIDE_HEADERS = {"X-Sluicegate-Deployment": "deployment", "X-Sluicegate-Strategy": "strategy"}
 
 
 class OpenAIError(Exception):
@@ -68,9 +71,10 @@ class OpenAIError(Exception):
 
 
 def _rejection_error(rejected: RequestRejected) -> OpenAIError:
-    headers = {}
+    headers = dict(rejected.headers)
     if rejected.retry_after_s is not None:
-        headers["Retry-After"] = str(max(1, round(rejected.retry_after_s)))
+        # Rounded up: advising a retry half a second early just earns another 429.
+        headers["Retry-After"] = str(max(1, math.ceil(rejected.retry_after_s)))
     return OpenAIError(
         rejected.http_status,
         rejected.message,
@@ -305,6 +309,14 @@ class Bridge:
         authorization = request.headers.get("Authorization", "")
         token = authorization.removeprefix("Bearer ").strip()
         api_key_id = f"key-{hashlib.sha256(token.encode()).hexdigest()[:16]}" if token else None
+        overrides = {
+            field: request.headers[header]
+            for header, field in OVERRIDE_HEADERS.items()
+            if request.headers.get(header)
+        }
+        if overrides and isinstance(body, dict):
+            own = body.get("sluicegate")
+            body = {**body, "sluicegate": {**(own if isinstance(own, dict) else {}), **overrides}}
         try:
             return fmt.parse_chat_request(
                 body,

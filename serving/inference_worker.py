@@ -8,6 +8,10 @@ same loop.
 Many tasks run at once (`worker.inference_concurrency`); offsets are stored only up to the
 oldest task still running, and only after its answer is acknowledged by the broker, so a crash
 re-delivers unfinished tasks (at-least-once) and never skips one.
+
+Retries and fallbacks are decided here (processors/inference.py) with the breakers' state read
+from sg.health, and leave as new tasks; a retry's backoff is waited out by the worker that
+picks the retry up, holding one concurrency slot.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from sluicegate.schemas.serde import AvroSerde
 from sluicegate.serving.kafka_io import AsyncProducer, fetch_ready
 from sluicegate.settings import Settings
 from sluicegate.streams.dlq import dead_letter
+from sluicegate.streams.health_view import HealthView
 
 log = logging.getLogger(__name__)
 STAGE = "inference"
@@ -75,8 +80,12 @@ class InferenceWorker:
     ) -> None:
         self._settings = settings
         self._serde = serde
+        self._health = HealthView(settings=settings, serde=serde)
         self._stage = InferenceStage(
-            backends=backends, deployments={d.name: d for d in settings.deployments}
+            backends=backends,
+            deployments={d.name: d for d in settings.deployments},
+            resilience=settings.resilience,
+            health=lambda: self._health.snapshots,
         )
         self._topics = [settings.topic(f"inference.{p}") for p in (pools or settings.pools)]
         self._tracker = OffsetTracker()
@@ -102,6 +111,7 @@ class InferenceWorker:
         self._producer = AsyncProducer(
             bootstrap_servers=self._settings.kafka.bootstrap_servers, loop=loop
         )
+        await loop.run_in_executor(None, self._health.start)
         self._consumer.subscribe(self._topics, on_revoke=self._on_revoke)
         slots = asyncio.Semaphore(self._settings.worker.inference_concurrency)
         try:
@@ -120,6 +130,7 @@ class InferenceWorker:
                     task.cancel()
             await loop.run_in_executor(self._fetcher, self._consumer.close)
             await loop.run_in_executor(None, self._producer.close)
+            await loop.run_in_executor(None, self._health.close)
             self._fetcher.shutdown(wait=False)
 
     def _fetch(self) -> list[Message]:

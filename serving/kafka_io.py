@@ -46,6 +46,8 @@ class AsyncProducer:
     """Idempotent, acks=all producer; `publish` resolves once the broker has the record.
 
     The bridge journals requests with it; the inference worker publishes its answers with it.
+    Partitioning is murmur2, Java's and aiokafka's default, so a tenant's records land on the same
+    partition whether librdkafka or Faust wrote them: the co-partitioned agents depend on it.
     """
 
     def __init__(self, *, bootstrap_servers: str, loop: asyncio.AbstractEventLoop) -> None:
@@ -57,6 +59,7 @@ class AsyncProducer:
                 "acks": "all",
                 "linger.ms": 1,
                 "socket.nagle.disable": True,
+                "partitioner": "murmur2_random",
             }
         )
         self._running = True

@@ -289,6 +289,7 @@ def cmd_send(settings: Settings, args: argparse.Namespace) -> int:
             "bootstrap.servers": settings.kafka.bootstrap_servers,
             "enable.idempotence": True,
             "acks": "all",
+            "partitioner": "murmur2_random",
         }
     )
     producer.produce(

@@ -1,4 +1,13 @@
-"""The Faust app: the stateful stages' agents (today: admission), wired to their processors.
+"""The Faust app: the stateful stages' agents, wired to their processors and tables.
+
+- `admission` on sg.requests (by tenant): route, rate limits, budgets → InferenceTask;
+- `spend` on sg.cost (by tenant, co-partitioned with sg.requests): budgets and token settling
+  in the same `limits` table → BudgetAlert;
+- `health` on sg.inference.results (by deployment): breakers and latency EWMAs in the `health`
+  table → DeploymentHealth on the compacted sg.health, which every router reads whole.
+
+Tables are changelog-backed (memory store, changelog topics created with the catalogue), so a
+restarted worker resumes with the same counters, budgets and breaker states.
 
 Inference is not here: serving replicas are stateless and consume their pool topics with
 librdkafka directly (serving/inference_worker.py).
@@ -20,11 +29,20 @@ from faust.types import EventT
 
 from sluicegate.processors.admission import Admission
 from sluicegate.processors.envelope import Emit
+from sluicegate.processors.health_stage import HealthStage
 from sluicegate.processors.rejection import internal_error
-from sluicegate.schemas.models import Event, RequestReceived
+from sluicegate.processors.spend import Spend
+from sluicegate.schemas.models import (
+    CostEntry,
+    Event,
+    InferenceFailed,
+    InferenceResult,
+    RequestReceived,
+)
 from sluicegate.schemas.serde import AvroSerde
 from sluicegate.settings import Settings
 from sluicegate.streams.dlq import dead_letter
+from sluicegate.streams.health_view import HealthView
 
 log = logging.getLogger(__name__)
 
@@ -86,15 +104,20 @@ async def consume(
     *,
     publisher: Publisher,
     serde: AvroSerde,
-    model: type[Event],
+    model: type[Event] | tuple[type[Event], ...],
     stage: str,
     handle: Callable[[Any], Awaitable[None]],
 ) -> None:
     """The loop every agent runs: decode, handle, and dead-letter whatever fails."""
+    models = model if isinstance(model, tuple) else (model,)
     async for event in stream.events():
         decoded: Event | None = None
         try:
-            decoded = serde.decode_as(event.value, model)
+            decoded = serde.decode(event.value)
+            if not isinstance(decoded, models):
+                raise TypeError(
+                    f"{type(decoded).__name__} on a topic of {[m.__name__ for m in models]}"
+                )
             await handle(decoded)
         except Exception as error:  # one bad record must never stop the worker
             await publisher.dead_letter(event, error, stage)
@@ -102,7 +125,10 @@ async def consume(
                 await publisher.emit(internal_error(decoded, stage=stage, error=error))
 
 
-def create_app(settings: Settings, *, serde: AvroSerde) -> faust.App:
+def create_app(
+    settings: Settings, *, serde: AvroSerde, health_view: HealthView | None = None
+) -> faust.App:
+    """The app; `health_view` (started by the caller) gives routing the breakers' state."""
     app = faust.App(
         settings.worker.app_id,
         broker=f"kafka://{settings.kafka.bootstrap_servers}",
@@ -113,6 +139,7 @@ def create_app(settings: Settings, *, serde: AvroSerde) -> faust.App:
         web_enabled=False,
         topic_allow_declare=False,
         topic_disable_leader=True,
+        topic_partitions=settings.kafka.default_partitions,
         producer_acks=-1,
         producer_linger=0.0,
         consumer_auto_offset_reset="earliest",
@@ -120,11 +147,22 @@ def create_app(settings: Settings, *, serde: AvroSerde) -> faust.App:
         stream_wait_empty=False,
     )
     publisher = Publisher(app=app, settings=settings, serde=serde)
-    admission = Admission(settings=settings)
+    limits = _table(app, settings, "limits")
+    health_table = _table(app, settings, "health")
+    admission = Admission(
+        settings=settings,
+        limits_state=limits,
+        health=(lambda: health_view.snapshots) if health_view is not None else (lambda: {}),
+    )
+    spend = Spend(limiter=admission.limiter)
+    health = HealthStage(settings=settings.resilience, store=health_table)
 
-    async def admit(request: RequestReceived) -> None:
-        for emit in admission.run(request):
-            await publisher.emit(emit)
+    def publishing(run: Callable[[Any], list[Emit]]) -> Callable[[Any], Awaitable[None]]:
+        async def handle(event: Any) -> None:
+            for emit in run(event):
+                await publisher.emit(emit)
+
+        return handle
 
     @app.agent(publisher.topic(settings.topic("requests")), name="admission")
     async def admission_agent(stream: faust.StreamT) -> None:
@@ -134,7 +172,35 @@ def create_app(settings: Settings, *, serde: AvroSerde) -> faust.App:
             serde=serde,
             model=RequestReceived,
             stage="admission",
-            handle=admit,
+            handle=publishing(admission.run),
+        )
+
+    @app.agent(publisher.topic(settings.topic("cost")), name="spend")
+    async def spend_agent(stream: faust.StreamT) -> None:
+        await consume(
+            stream,
+            publisher=publisher,
+            serde=serde,
+            model=CostEntry,
+            stage="spend",
+            handle=publishing(spend.run),
+        )
+
+    @app.agent(publisher.topic(settings.topic("inference.results")), name="health")
+    async def health_agent(stream: faust.StreamT) -> None:
+        await consume(
+            stream,
+            publisher=publisher,
+            serde=serde,
+            model=(InferenceResult, InferenceFailed),
+            stage="health",
+            handle=publishing(health.observe),
         )
 
     return app
+
+
+def _table(app: faust.App, settings: Settings, name: str) -> Any:
+    """A changelog-backed table (JSON keys and values, Faust's default for untyped tables),
+    partitioned like the topics that feed it."""
+    return app.Table(name, default=None, partitions=settings.kafka.default_partitions)

@@ -43,11 +43,15 @@ def catalogue(settings: Settings) -> list[TopicSpec]:
         TopicSpec(t("requests"), "tenant_id", ("RequestReceived",), 90 * DAY_MS, dlq=True),
         TopicSpec(t("admitted"), "tenant_id", ("RequestAdmitted", "RequestRejected")),
         TopicSpec(t("enriched"), "tenant_id", ("RequestEnriched",)),
-        TopicSpec(t("inference.results"), "request_id", ("InferenceResult", "InferenceFailed")),
+        TopicSpec(
+            t("inference.results"), "deployment", ("InferenceResult", "InferenceFailed"), dlq=True
+        ),
+        TopicSpec(t("health"), "deployment", ("DeploymentHealth",), cleanup="compact"),
+        TopicSpec(t("alerts"), "tenant_id", ("BudgetAlert",), 400 * DAY_MS),
         TopicSpec(t("responses"), "request_id", ("ResponseReady", "RequestRejected"), 90 * DAY_MS),
         TopicSpec(t("stream"), "request_id", ("TokenChunk",), 1 * DAY_MS),
         TopicSpec(t("traces"), "trace_id", ("Span",), 30 * DAY_MS),
-        TopicSpec(t("cost"), "tenant_id", ("CostEntry",), 400 * DAY_MS),
+        TopicSpec(t("cost"), "tenant_id", ("CostEntry",), 400 * DAY_MS, dlq=True),
         TopicSpec(t("documents"), "doc_id", ("DocumentSubmitted",), 30 * DAY_MS),
         TopicSpec(t("chunks"), "doc_id", ("ChunkCreated",), 30 * DAY_MS),
         TopicSpec(t("embeddings"), "doc_id", ("ChunkEmbedded",), 30 * DAY_MS),
@@ -62,11 +66,24 @@ def catalogue(settings: Settings) -> list[TopicSpec]:
         for pool in settings.pools
     ]
     specs += [
+        TopicSpec(changelog, "table key", (), cleanup="compact")
+        for changelog in faust_changelogs(settings)
+    ]
+    specs += [
         TopicSpec(f"{spec.name}.dlq", "original key", ("DeadLetter",), 30 * DAY_MS)
         for spec in list(specs)
         if spec.dlq
     ]
     return specs
+
+
+TABLES = ("health", "limits", "cache")
+
+
+def faust_changelogs(settings: Settings) -> list[str]:
+    """The Faust tables' changelog topics: created here with the rest, never by Faust itself,
+    so their partition count always equals the source topics' (tables are co-partitioned)."""
+    return [f"{settings.worker.app_id}-{table}-changelog" for table in TABLES]
 
 
 def ensure_topics(settings: Settings, *, timeout_s: float = 30.0) -> list[str]:

@@ -15,6 +15,7 @@ from sluicegate.connectors.schema_registry import build_serde
 from sluicegate.serving.inference_worker import serve
 from sluicegate.settings import Settings
 from sluicegate.streams.app import create_app
+from sluicegate.streams.health_view import HealthView
 from sluicegate.streams.topics import ensure_topics
 
 
@@ -22,9 +23,15 @@ def run_worker(settings: Settings, *, loglevel: str = "INFO") -> None:
     """Blocks until the worker is stopped (SIGINT/SIGTERM)."""
     ensure_topics(settings)
     settings.worker.data_dir.mkdir(parents=True, exist_ok=True)
-    app = create_app(settings, serde=build_serde(settings))
-    worker = faust.Worker(app, loglevel=loglevel, quiet=True)
-    worker.execute_from_commandline()
+    serde = build_serde(settings)
+    health_view = HealthView(settings=settings, serde=serde)
+    health_view.start()
+    try:
+        app = create_app(settings, serde=serde, health_view=health_view)
+        worker = faust.Worker(app, loglevel=loglevel, quiet=True)
+        worker.execute_from_commandline()
+    finally:
+        health_view.close()
 
 
 def run_inference(settings: Settings) -> None:

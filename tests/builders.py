@@ -40,7 +40,11 @@ def request(
 
 
 def task(
-    deployment: str = "local-smollm2", *, stream: bool = False, deadline_ms: int | None = None
+    deployment: str = "local-smollm2",
+    *,
+    stream: bool = False,
+    deadline_ms: int | None = None,
+    fallbacks: tuple[str, ...] = (),
 ) -> InferenceTask:
     return InferenceTask(
         **envelope(),
@@ -52,4 +56,5 @@ def task(
         params=SamplingParams(max_tokens=16),
         stream=stream,
         deadline_ms=deadline_ms,
+        fallbacks=list(fallbacks),
     )

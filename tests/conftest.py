@@ -40,7 +40,11 @@ def free_port() -> int:
 def settings_env(settings: Settings) -> dict[str, str]:
     """The environment that makes a child process build exactly these settings."""
     dumped = settings.model_dump(mode="json")
-    return {f"SLUICEGATE_{name.upper()}": json.dumps(value) for name, value in dumped.items()}
+    return {
+        f"SLUICEGATE_{name.upper()}": value if isinstance(value, str) else json.dumps(value)
+        for name, value in dumped.items()
+        if value is not None
+    }
 
 
 class Blackhole:

@@ -14,7 +14,13 @@ from sluicegate.settings import Settings
 
 
 def produce(settings: Settings, topic: str, key: bytes | None, value: bytes) -> None:
-    producer = Producer({"bootstrap.servers": settings.kafka.bootstrap_servers, "acks": "all"})
+    producer = Producer(
+        {
+            "bootstrap.servers": settings.kafka.bootstrap_servers,
+            "acks": "all",
+            "partitioner": "murmur2_random",
+        }
+    )
     producer.produce(topic, key=key, value=value)
     assert producer.flush(10) == 0
 

@@ -7,6 +7,7 @@ import pytest
 
 from sluicegate.connectors.ports import Completion, Delta
 from sluicegate.errors import BackendError
+from sluicegate.processors.health import HealthSnapshot
 from sluicegate.processors.inference import InferenceStage
 from sluicegate.schemas.models import (
     InferenceFailed,
@@ -16,6 +17,7 @@ from sluicegate.schemas.models import (
     ResponseReady,
     TokenChunk,
 )
+from sluicegate.settings import Deployment, ResilienceSettings
 from tests.builders import task
 
 pytestmark = pytest.mark.unit
@@ -85,14 +87,28 @@ async def test_streaming_emits_ordered_chunks_then_a_final_chunk_and_the_respons
     assert emits.index(next(e for e in emits if e.topic == "responses")) > 3
 
 
-async def test_backend_failure_answers_the_caller_with_a_mapped_error() -> None:
+NO_RETRIES = ResilienceSettings(max_retries=0)
+DEPLOYMENTS = {
+    name: Deployment(name=name, backend="openai", provider_model=f"p-{name}", pool=pool)
+    for name, pool in (("local-smollm2", "default"), ("backup", "other"), ("third", "default"))
+}
+
+
+def failing(error: BackendError, **kwargs: object) -> InferenceStage:
+    return InferenceStage(
+        backends={"local-smollm2": ScriptedBackend(words=[], error=error)},
+        deployments=DEPLOYMENTS,
+        **kwargs,  # type: ignore[arg-type]
+    )
+
+
+async def test_a_failure_with_nowhere_to_go_answers_the_caller_with_a_mapped_error() -> None:
     error = BackendError(
         "slow down", error_class="rate_limited", status_code=429, retriable=True, retry_after_s=2.0
     )
-    emits = await collect(
-        InferenceStage(backends={"local-smollm2": ScriptedBackend(words=[], error=error)}), task()
-    )
-    rejected, failed = emits[0].event, emits[1].event
+    emits = await collect(failing(error, resilience=NO_RETRIES), task())
+    assert [e.topic for e in emits] == ["inference.results", "traces", "responses"]
+    failed, rejected = emits[0].event, emits[2].event
     assert isinstance(rejected, RequestRejected) and isinstance(failed, InferenceFailed)
     assert (rejected.http_status, rejected.error_type, rejected.retry_after_s) == (
         429,
@@ -100,14 +116,73 @@ async def test_backend_failure_answers_the_caller_with_a_mapped_error() -> None:
         2.0,
     )
     assert failed.error_class == "rate_limited" and failed.retriable
+    assert emits[0].key == "local-smollm2"  # results are keyed by deployment (health agent)
 
 
-async def test_failure_mid_stream_still_answers() -> None:
+async def test_a_retryable_failure_is_retried_as_a_new_task_after_the_backoff() -> None:
+    error = BackendError(
+        "slow down", error_class="rate_limited", status_code=429, retriable=True, retry_after_s=3.0
+    )
+    before = int(time.time() * 1000)
+    emits = await collect(failing(error), task())
+    retry = emits[-1]
+    assert retry.topic == "inference.default" and isinstance(retry.event, InferenceTask)
+    assert retry.event.deployment == "local-smollm2"
+    assert (retry.event.attempt, retry.event.deployment_attempt) == (2, 2)
+    assert retry.event.not_before_ms >= before + 3000  # honours Retry-After
+    assert retry.event.parent_span_id == emits[0].event.span_id  # chained in the trace
+
+
+async def test_a_waiting_retry_sleeps_until_its_not_before_time() -> None:
+    slept: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        slept.append(seconds)
+
+    backend = ScriptedBackend(words=["ok"])
+    stage = InferenceStage(backends={"local-smollm2": backend}, sleep=sleep)
+    later = task().model_copy(update={"not_before_ms": int(time.time() * 1000) + 2000})
+    emits = await collect(stage, later)
+    assert 1.5 < slept[0] <= 2.0 and emits[0].topic == "responses"
+
+
+async def test_exhausted_retries_fall_back_along_the_chain_into_the_other_pool() -> None:
+    error = BackendError("down", error_class="server_error", status_code=503, retriable=True)
+    emits = await collect(
+        failing(error, resilience=NO_RETRIES), task(fallbacks=("backup", "third"))
+    )
+    fallback = emits[-1]
+    assert fallback.topic == "inference.other"
+    assert fallback.event.deployment == "backup" and fallback.event.provider_model == "p-backup"
+    assert fallback.event.fallbacks == ["third"] and fallback.event.deployment_attempt == 1
+
+
+async def test_a_content_policy_refusal_is_not_retried_anywhere() -> None:
+    error = BackendError("no", error_class="content_policy", status_code=400)
+    emits = await collect(failing(error), task(fallbacks=("backup",)))
+    assert emits[-1].topic == "responses" and emits[-1].event.http_status == 400
+
+
+async def test_an_open_breaker_is_not_called_and_the_task_falls_back() -> None:
+    backend = ScriptedBackend(words=["x"])
+    far = int(time.time() * 1000) + 60_000
+    health = {"local-smollm2": HealthSnapshot("local-smollm2", "open", open_until_ms=far)}
+    stage = InferenceStage(
+        backends={"local-smollm2": backend}, deployments=DEPLOYMENTS, health=lambda: health
+    )
+    emits = await collect(stage, task(fallbacks=("third",)))
+    assert backend.calls == 0
+    assert emits[0].event.error_class == "circuit_open"
+    assert emits[-1].topic == "inference.default" and emits[-1].event.deployment == "third"
+
+
+async def test_failure_mid_stream_is_not_retried_and_still_answers() -> None:
     error = BackendError("boom", error_class="server_error", status_code=500, retriable=True)
     backend = ScriptedBackend(words=["a"], error=error)
-    emits = await collect(InferenceStage(backends={"local-smollm2": backend}), task(stream=True))
-    assert [e.topic for e in emits] == ["stream", "responses", "inference.results", "traces"]
-    assert emits[1].event.http_status == 502
+    stage = InferenceStage(backends={"local-smollm2": backend}, deployments=DEPLOYMENTS)
+    emits = await collect(stage, task(stream=True, fallbacks=("backup",)))
+    assert [e.topic for e in emits] == ["stream", "inference.results", "traces", "responses"]
+    assert emits[-1].event.http_status == 502
 
 
 async def test_expired_deadline_skips_the_backend() -> None:
@@ -117,12 +192,13 @@ async def test_expired_deadline_skips_the_backend() -> None:
         InferenceStage(backends={"local-smollm2": backend}), task(deadline_ms=past)
     )
     assert backend.calls == 0
-    assert emits[1].event.error_class == "timeout"
+    assert emits[0].event.error_class == "timeout"
+    assert emits[-1].event.http_status == 504
 
 
 async def test_unknown_deployment_is_answered_not_dropped() -> None:
     emits = await collect(InferenceStage(backends={}), task("ghost"))
-    assert emits[0].event.code == "unavailable" and emits[0].event.http_status == 502
+    assert emits[0].event.error_class == "unavailable" and emits[-1].event.http_status == 502
 
 
 async def test_a_priced_deployment_answers_with_a_cost_entry() -> None:

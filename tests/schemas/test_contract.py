@@ -39,6 +39,9 @@ DESIGN_EVENTS = {
     "DriftDetected",
     "AuditRecord",
     "DeadLetter",
+    # added by the gateway (issue 3): breaker/latency state and budget alerts
+    "DeploymentHealth",
+    "BudgetAlert",
 }
 
 

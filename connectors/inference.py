@@ -9,10 +9,15 @@ from sluicegate.settings import Deployment
 
 def build_backend(deployment: Deployment) -> InferenceBackend:
     """The adapter for `deployment.backend`; nothing connects or loads until the first call."""
-    if deployment.backend == "openai":
+    if deployment.backend in ("openai", "azure"):
+        # Azure OpenAI is the OpenAI adapter over the SDK's Azure client (URL and auth differ).
         from sluicegate.connectors.inference_openai import OpenAICompatibleBackend
 
         return OpenAICompatibleBackend(deployment=deployment)
+    if deployment.backend == "anthropic":
+        from sluicegate.connectors.inference_anthropic import AnthropicBackend
+
+        return AnthropicBackend(deployment=deployment)
     if deployment.backend == "llamacpp":
         from sluicegate.connectors.inference_llamacpp import LlamaCppBackend
 

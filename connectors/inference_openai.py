@@ -1,5 +1,5 @@
-"""The InferenceBackend adapter for any OpenAI-compatible server (OpenAI, vLLM, llama.cpp's
-server, Ollama, ...), through the official `openai` SDK.
+"""The InferenceBackend adapter for any OpenAI-compatible server (OpenAI, Azure OpenAI, vLLM,
+llama.cpp's server, Ollama, ...), through the official `openai` SDK.
 
 The SDK does not retry (`max_retries=0`): retries and fallbacks are the router's decision, made
 from the `BackendError` this adapter raises. SDK exceptions become BackendError in one place,
@@ -18,28 +18,32 @@ import openai
 from openai.types.chat import ChatCompletion
 
 from sluicegate.connectors.ports import Completion, Delta
-from sluicegate.errors import BackendError
+from sluicegate.errors import BackendError, ConfigurationError
 from sluicegate.schemas.models import ChatMessage, InferenceTask
 from sluicegate.settings import Deployment
 
 # Body fields the adapter owns; a caller's extra_json may not override them.
-_RESERVED_EXTRA = frozenset({"stream", "stream_options"})
+# `sluicegate` holds the gateway's own per-request options (routing, cache): never sent upstream.
+_RESERVED_EXTRA = frozenset({"stream", "stream_options", "sluicegate"})
 _CONTEXT_MARKERS = ("context length", "context_length", "context window", "context size")
 _POLICY_CODES = ("content_filter", "content_policy")
+# The newest GA data-plane version when this was written; it accepts `stream_options`, which the
+# streaming usage report needs. A deployment pins another one with `api_version`.
+AZURE_DEFAULT_API_VERSION = "2024-10-21"
 
 
 class OpenAICompatibleBackend:
-    """Calls `POST {base_url}/chat/completions` for one deployment of the catalogue."""
+    """Calls `POST {base_url}/chat/completions` for one deployment of the catalogue.
+
+    For `backend: azure` the same code runs over `AsyncAzureOpenAI`: Azure OpenAI speaks the
+    same chat-completions body, and differs only in the URL
+    (`{base_url}/openai/deployments/{provider_model}/chat/completions?api-version=...`) and the
+    `api-key` header, both of which the SDK's Azure client owns.
+    """
 
     def __init__(self, *, deployment: Deployment) -> None:
         self._deployment = deployment
-        key = deployment.api_key
-        self._client = openai.AsyncOpenAI(
-            base_url=deployment.base_url,
-            api_key=key.get_secret_value() if key is not None else "unused",
-            timeout=deployment.timeout_s,
-            max_retries=0,
-        )
+        self._client = _client(deployment)
 
     async def complete(self, task: InferenceTask) -> Completion:
         request = _request(task)
@@ -110,6 +114,34 @@ class OpenAICompatibleBackend:
         await self._client.close()
 
 
+def _client(deployment: Deployment) -> openai.AsyncOpenAI:
+    """The SDK client of a deployment; `max_retries=0` because retrying is the router's job."""
+    key = deployment.api_key
+    # A server without auth (vLLM, Ollama) still needs some key for the SDK to send a request.
+    api_key = key.get_secret_value() if key is not None else "unused"
+    if deployment.backend != "azure":
+        return openai.AsyncOpenAI(
+            base_url=deployment.base_url,
+            api_key=api_key,
+            timeout=deployment.timeout_s,
+            max_retries=0,
+        )
+    if not deployment.base_url:
+        # Fail at start-up: without it the SDK would fall back to AZURE_OPENAI_ENDPOINT, an
+        # environment variable the catalogue never named.
+        raise ConfigurationError(
+            f"deployment {deployment.name!r} (azure) needs `base_url`: the resource endpoint, "
+            "e.g. https://<resource>.openai.azure.com"
+        )
+    return openai.AsyncAzureOpenAI(
+        azure_endpoint=deployment.base_url,
+        api_version=deployment.api_version or AZURE_DEFAULT_API_VERSION,
+        api_key=api_key,
+        timeout=deployment.timeout_s,
+        max_retries=0,
+    )
+
+
 # -- the request --------------------------------------------------------------------------
 
 
@@ -171,8 +203,11 @@ def _request(task: InferenceTask) -> dict[str, Any]:
 # -- errors -------------------------------------------------------------------------------
 
 
-def _retry_after_s(headers: Mapping[str, str]) -> float | None:
-    """Seconds to wait, from `retry-after-ms`, or `Retry-After` in seconds or as an HTTP date."""
+def retry_after_s(headers: Mapping[str, str]) -> float | None:
+    """Seconds to wait, from `retry-after-ms`, or `Retry-After` in seconds or as an HTTP date.
+
+    Public because every HTTP provider speaks these headers: the Anthropic adapter reuses it.
+    """
     millis = headers.get("retry-after-ms")
     if millis:
         try:
@@ -231,6 +266,6 @@ def _to_backend_error(exc: openai.OpenAIError) -> BackendError:
             error_class=error_class,
             status_code=exc.status_code,
             retriable=retriable,
-            retry_after_s=_retry_after_s(exc.response.headers) if retriable else None,
+            retry_after_s=retry_after_s(exc.response.headers) if retriable else None,
         )
     return BackendError(f"the upstream failed: {exc}", error_class="unknown")

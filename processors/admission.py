@@ -12,20 +12,30 @@ counters; tests pass dicts.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable, Mapping, MutableMapping
 from datetime import datetime
 from typing import Any
 
+from sluicegate.processors.cache import (
+    CacheHit,
+    CacheKey,
+    ResponseCache,
+    chunk_from_response,
+    response_from_hit,
+)
 from sluicegate.processors.envelope import Emit, child_envelope, new_span_id, now, sibling_envelope
 from sluicegate.processors.health import HealthSnapshot
 from sluicegate.processors.limits import LimitDecision, Limiter
 from sluicegate.processors.routing import RouteDecision, Router, RoutingError, needs_of
 from sluicegate.schemas.models import (
+    CostEntry,
     InferenceTask,
     RequestAdmitted,
     RequestReceived,
     RequestRejected,
+    ResponseReady,
     Span,
 )
 from sluicegate.settings import Settings
@@ -46,8 +56,10 @@ class Admission:
         health: Callable[[], Mapping[str, HealthSnapshot]] = lambda: NO_HEALTH,
         clock_ms: Callable[[], int] = lambda: int(time.time() * 1000),
         router: Router | None = None,
+        cache: ResponseCache | None = None,
     ) -> None:
         self._settings = settings
+        self._cache = cache
         self._router = router or Router.from_settings(settings)
         self._limiter = Limiter(settings.limits, {} if limits_state is None else limits_state)
         self._health = health
@@ -81,7 +93,56 @@ class Admission:
         )
         if not limit.allowed:
             return self._limited(request, started, span_id, limit)
-        return self._admit(request, started, span_id, route, needs.tokens_needed, now_ms, limit)
+        key = self._cache.key(request) if self._cache is not None else None
+        if key is not None:
+            hit = self._lookup(key, now_ms)
+            if hit is not None:
+                return self._answer_from_cache(request, started, span_id, hit)
+        return self._admit(
+            request, started, span_id, route, needs.tokens_needed, now_ms, limit, key
+        )
+
+    def _lookup(self, key: CacheKey, now_ms: int) -> CacheHit | None:
+        """Exact first (microseconds); the semantic tier embeds the question only on a miss."""
+        assert self._cache is not None
+        return self._cache.lookup_exact(key, now_ms=now_ms) or self._cache.lookup_semantic(
+            key, now_ms=now_ms
+        )
+
+    def _answer_from_cache(
+        self, request: RequestReceived, started: datetime, span_id: str, hit: CacheHit
+    ) -> list[Emit]:
+        response = response_from_hit(request, hit, producer=PRODUCER)
+        response = response.model_copy(update={"span_id": span_id})
+        cost = CostEntry(
+            **sibling_envelope(response, producer=PRODUCER),
+            model=request.model,
+            deployment=hit.answer.deployment,
+            api_key_id=request.api_key_id,
+            prompt_tokens=0,
+            completion_tokens=0,
+            usd=0.0,
+            pricing_version="cache",
+            user=request.user,
+            feature=request.metadata.get("feature"),
+            cache_hit=True,
+            usd_saved=hit.answer.usd,
+        )
+        # A streamed caller's bridge renders chunks, so a streamed hit is one whole chunk first.
+        emits = [Emit("stream", request.request_id, chunk_from_response(response))]
+        emits = emits if request.stream else []
+        attributes = {
+            "cache": hit.tier,
+            "similarity": f"{hit.similarity:.4f}",
+            "deployment": hit.answer.deployment,
+            "usd_saved": f"{hit.answer.usd:.8f}",
+        }
+        return [
+            *emits,
+            Emit("responses", request.request_id, response),
+            Emit("cost", request.tenant_id, cost),
+            self._span(response, started, "ok", attributes),
+        ]
 
     def _admit(
         self,
@@ -92,6 +153,7 @@ class Admission:
         estimated_tokens: int,
         now_ms: int,
         limit: LimitDecision,
+        cache_key: CacheKey | None,
     ) -> list[Emit]:
         deployment = self._settings.deployment(route.deployment)
         task = InferenceTask(
@@ -112,11 +174,12 @@ class Admission:
             admitted_at_ms=now_ms,
             user=request.user,
             feature=request.metadata.get("feature"),
+            cache_key=json.dumps(cache_key.to_dict()) if cache_key is not None else None,
         )
         admitted = RequestAdmitted(
             **sibling_envelope(task, producer=PRODUCER),
             model=request.model,
-            checks=["route", "limits"],
+            checks=["route", "limits", "cache"] if self._cache is not None else ["route", "limits"],
         )
         attributes = {
             "deployment": deployment.name,
@@ -185,7 +248,7 @@ class Admission:
 
     @staticmethod
     def _span(
-        event: InferenceTask | RequestRejected,
+        event: InferenceTask | RequestRejected | ResponseReady,
         started: datetime,
         status: str,
         attributes: dict[str, str],

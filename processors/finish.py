@@ -13,10 +13,11 @@ from datetime import datetime
 
 from sluicegate.connectors.ports import Completion
 from sluicegate.errors import BackendError
-from sluicegate.processors.cost import cost_entry
+from sluicegate.processors.cost import cost_entry, usd
 from sluicegate.processors.envelope import Emit, child_envelope, now, sibling_envelope
 from sluicegate.processors.resilience import Fallback, GiveUp, Retry
 from sluicegate.schemas.models import (
+    CacheFill,
     ChatMessage,
     InferenceFailed,
     InferenceResult,
@@ -31,6 +32,8 @@ from sluicegate.settings import Deployment
 
 PRODUCER = "inference"
 
+# An answer a filter cut short is not one to serve again.
+NOT_CACHED = frozenset({"content_filter"})
 _ERROR_TYPE = {
     "rate_limited": "rate_limit_error",
     "timeout": "timeout",
@@ -117,7 +120,37 @@ class Finisher:
         deployment = self._deployments.get(task.deployment)
         if deployment is not None:
             emits.append(cost_entry(result, task=task, deployment=deployment))
+        if task.cache_key is not None and completion.finish_reason not in NOT_CACHED:
+            emits.append(self._cache_fill(task, response, deployment))
         return emits
+
+    @staticmethod
+    def _cache_fill(
+        task: InferenceTask, response: ResponseReady, deployment: Deployment | None
+    ) -> Emit:
+        """Back to the tenant's partition, where admission keeps the cache: the key admission
+        derived at the miss travels with the task, so nothing is embedded twice."""
+        usage = response.usage
+        fill = CacheFill(
+            **sibling_envelope(response, producer=PRODUCER),
+            cache_key_json=task.cache_key or "",
+            content=response.message.content,
+            tool_calls_json=response.message.tool_calls_json,
+            finish_reason=response.finish_reason,
+            prompt_tokens=usage.prompt_tokens,
+            completion_tokens=usage.completion_tokens,
+            deployment=response.deployment,
+            provider_model=response.provider_model,
+            usd=usd(
+                deployment,
+                prompt_tokens=usage.prompt_tokens,
+                completion_tokens=usage.completion_tokens,
+            )
+            if deployment is not None
+            else 0.0,
+            latency_ms=response.latency_ms,
+        )
+        return Emit("cache", task.tenant_id, fill)
 
     def failed(
         self, task: InferenceTask, error: BackendError, *, started: datetime, latency_ms: float

@@ -57,6 +57,22 @@ class BudgetAlert(Event):
     spent_usd: float = Field(description="Spend in the period after the entry that crossed the threshold.")
 
 
+class CacheFill(Event):
+    """An answer to store in the response cache, sent back to the tenant's partition where admission keeps the cache."""
+
+    AVRO_NAME: ClassVar[str] = "io.sluicegate.events.CacheFill"
+    cache_key_json: str = Field(description="The key admission derived at the miss (scope, exact hash, semantic text and vector), as JSON.")
+    content: str | None = Field(default=None, description="The answer's text.")
+    tool_calls_json: str | None = Field(default=None, description="The answer's tool calls, as OpenAI JSON.")
+    finish_reason: str = Field(description="Why generation stopped.")
+    prompt_tokens: int = Field(description="Input tokens of the original call.")
+    completion_tokens: int = Field(description="Output tokens of the original call.")
+    deployment: str = Field(description="Deployment that produced the answer.")
+    provider_model: str = Field(description="Model name the provider reported.")
+    usd: float = Field(description="What the original call cost: a hit records it as saved.")
+    latency_ms: float = Field(description="Backend latency of the original call.")
+
+
 class ChunkCreated(Event):
     """One chunk of a document."""
 
@@ -364,4 +380,4 @@ class TokenChunk(Event):
     model: str = Field(description="The alias the caller asked for.")
 
 
-EVENT_MODELS: dict[str, type[Event]] = {"AuditRecord": AuditRecord, "BudgetAlert": BudgetAlert, "ChunkCreated": ChunkCreated, "ChunkEmbedded": ChunkEmbedded, "CostEntry": CostEntry, "DeadLetter": DeadLetter, "DeploymentHealth": DeploymentHealth, "DocumentSubmitted": DocumentSubmitted, "DriftDetected": DriftDetected, "EvalCaseResult": EvalCaseResult, "EvalRunCompleted": EvalRunCompleted, "InferenceFailed": InferenceFailed, "InferenceResult": InferenceResult, "InferenceTask": InferenceTask, "PromptVersionPublished": PromptVersionPublished, "RequestAdmitted": RequestAdmitted, "RequestEnriched": RequestEnriched, "RequestReceived": RequestReceived, "RequestRejected": RequestRejected, "ResponseReady": ResponseReady, "Span": Span, "TokenChunk": TokenChunk}
+EVENT_MODELS: dict[str, type[Event]] = {"AuditRecord": AuditRecord, "BudgetAlert": BudgetAlert, "CacheFill": CacheFill, "ChunkCreated": ChunkCreated, "ChunkEmbedded": ChunkEmbedded, "CostEntry": CostEntry, "DeadLetter": DeadLetter, "DeploymentHealth": DeploymentHealth, "DocumentSubmitted": DocumentSubmitted, "DriftDetected": DriftDetected, "EvalCaseResult": EvalCaseResult, "EvalRunCompleted": EvalRunCompleted, "InferenceFailed": InferenceFailed, "InferenceResult": InferenceResult, "InferenceTask": InferenceTask, "PromptVersionPublished": PromptVersionPublished, "RequestAdmitted": RequestAdmitted, "RequestEnriched": RequestEnriched, "RequestReceived": RequestReceived, "RequestRejected": RequestRejected, "ResponseReady": ResponseReady, "Span": Span, "TokenChunk": TokenChunk}

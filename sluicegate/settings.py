@@ -72,7 +72,10 @@ class Deployment(BaseModel):
     capabilities: Capabilities = Capabilities()
     weight: float = Field(default=1.0, ge=0, description="Share of traffic under `weighted`.")
     priority: int = Field(default=0, description="Lower is tried first under `priority`.")
-    api_version: str | None = Field(default=None, description="Azure OpenAI `api-version`.")
+    api_version: str | None = Field(
+        default=None,
+        description="Azure OpenAI `api-version`, or the `anthropic-version` header to pin.",
+    )
 
     @property
     def api_key(self) -> SecretStr | None:
@@ -240,6 +243,15 @@ class CacheSettings(BaseModel):
     deterministic_only: bool = Field(
         default=True, description="Cache only temperature-0 requests unless a request opts in."
     )
+    embedder: Literal["auto", "local", "openai", "none"] = Field(
+        default="auto",
+        description="Semantic tier's embeddings: `local` all-MiniLM-L6-v2 on the CPU, `openai` "
+        "an OpenAI-compatible server, `auto` local when installed, else the tier is off.",
+    )
+    embedding_model: str = "text-embedding-3-small"
+    embedding_dimensions: int = Field(default=1536, ge=1)
+    embedding_base_url: str | None = None
+    embedding_api_key_env: str | None = None
 
 
 class Settings(BaseSettings):

@@ -3,6 +3,7 @@
 - `admission` on sg.requests (by tenant): route, rate limits, budgets → InferenceTask;
 - `spend` on sg.cost (by tenant, co-partitioned with sg.requests): budgets and token settling
   in the same `limits` table → BudgetAlert;
+- `cache_fill` on sg.cache (by tenant): answers stored in the `cache` table admission reads;
 - `health` on sg.inference.results (by deployment): breakers and latency EWMAs in the `health`
   table → DeploymentHealth on the compacted sg.health, which every router reads whole.
 
@@ -27,12 +28,16 @@ from typing import Any
 import faust
 from faust.types import EventT
 
+from sluicegate.connectors.embeddings import Embedder, single
 from sluicegate.processors.admission import Admission
+from sluicegate.processors.cache import ResponseCache
+from sluicegate.processors.cache_fill import CacheFiller
 from sluicegate.processors.envelope import Emit
 from sluicegate.processors.health_stage import HealthStage
 from sluicegate.processors.rejection import internal_error
 from sluicegate.processors.spend import Spend
 from sluicegate.schemas.models import (
+    CacheFill,
     CostEntry,
     Event,
     InferenceFailed,
@@ -126,9 +131,14 @@ async def consume(
 
 
 def create_app(
-    settings: Settings, *, serde: AvroSerde, health_view: HealthView | None = None
+    settings: Settings,
+    *,
+    serde: AvroSerde,
+    health_view: HealthView | None = None,
+    embedder: Embedder | None = None,
 ) -> faust.App:
-    """The app; `health_view` (started by the caller) gives routing the breakers' state."""
+    """The app; `health_view` (started by the caller) gives routing the breakers' state and
+    `embedder` the cache its semantic tier (None: exact tier only)."""
     app = faust.App(
         settings.worker.app_id,
         broker=f"kafka://{settings.kafka.bootstrap_servers}",
@@ -149,10 +159,19 @@ def create_app(
     publisher = Publisher(app=app, settings=settings, serde=serde)
     limits = _table(app, settings, "limits")
     health_table = _table(app, settings, "health")
+    cache = None
+    if settings.cache.enabled:
+        cache = ResponseCache(
+            settings.cache,
+            _table(app, settings, "cache", on_recover=lambda: cache and cache.rebuild_index()),
+            single(embedder) if embedder is not None else None,
+            embedding_model=embedder.model_name if embedder is not None else "",
+        )
     admission = Admission(
         settings=settings,
         limits_state=limits,
         health=(lambda: health_view.snapshots) if health_view is not None else (lambda: {}),
+        cache=cache,
     )
     spend = Spend(limiter=admission.limiter)
     health = HealthStage(settings=settings.resilience, store=health_table)
@@ -186,6 +205,20 @@ def create_app(
             handle=publishing(spend.run),
         )
 
+    if cache is not None:
+        filler = CacheFiller(cache=cache)
+
+        @app.agent(publisher.topic(settings.topic("cache")), name="cache_fill")
+        async def cache_fill_agent(stream: faust.StreamT) -> None:
+            await consume(
+                stream,
+                publisher=publisher,
+                serde=serde,
+                model=CacheFill,
+                stage="cache_fill",
+                handle=publishing(filler.run),
+            )
+
     @app.agent(publisher.topic(settings.topic("inference.results")), name="health")
     async def health_agent(stream: faust.StreamT) -> None:
         await consume(
@@ -200,7 +233,19 @@ def create_app(
     return app
 
 
-def _table(app: faust.App, settings: Settings, name: str) -> Any:
+def _table(
+    app: faust.App, settings: Settings, name: str, on_recover: Callable[[], Any] | None = None
+) -> Any:
     """A changelog-backed table (JSON keys and values, Faust's default for untyped tables),
-    partitioned like the topics that feed it."""
-    return app.Table(name, default=None, partitions=settings.kafka.default_partitions)
+    partitioned like the topics that feed it. `on_recover` runs after its changelog is read."""
+
+    async def recovered() -> None:
+        if on_recover is not None:
+            on_recover()
+
+    return app.Table(
+        name,
+        default=None,
+        partitions=settings.kafka.default_partitions,
+        on_recover=recovered if on_recover is not None else None,
+    )

@@ -10,6 +10,7 @@ import asyncio
 
 import faust
 
+from sluicegate.connectors.embeddings import build_embedder
 from sluicegate.connectors.inference import build_backend
 from sluicegate.connectors.schema_registry import build_serde
 from sluicegate.serving.inference_worker import serve
@@ -27,7 +28,8 @@ def run_worker(settings: Settings, *, loglevel: str = "INFO") -> None:
     health_view = HealthView(settings=settings, serde=serde)
     health_view.start()
     try:
-        app = create_app(settings, serde=serde, health_view=health_view)
+        embedder = build_embedder(settings.cache)
+        app = create_app(settings, serde=serde, health_view=health_view, embedder=embedder)
         worker = faust.Worker(app, loglevel=loglevel, quiet=True)
         worker.execute_from_commandline()
     finally:

@@ -3,9 +3,22 @@ from __future__ import annotations
 import pytest
 
 from sluicegate.processors.admission import Admission
-from sluicegate.schemas.models import InferenceTask, RequestAdmitted, RequestRejected, Span
-from sluicegate.settings import Deployment, ModelAlias, Settings
-from tests.builders import request
+from sluicegate.processors.cache import ResponseCache
+from sluicegate.processors.cache_fill import CacheFiller
+from sluicegate.processors.health import HealthSnapshot
+from sluicegate.processors.spend import Spend
+from sluicegate.schemas.models import (
+    BudgetAlert,
+    CacheFill,
+    CostEntry,
+    InferenceTask,
+    RequestAdmitted,
+    RequestRejected,
+    ResponseReady,
+    Span,
+)
+from sluicegate.settings import Deployment, LimitRule, LimitsSettings, ModelAlias, Settings
+from tests.builders import envelope, request
 
 pytestmark = pytest.mark.unit
 
@@ -51,3 +64,108 @@ def test_settings_refuse_an_alias_naming_an_unknown_deployment() -> None:
             deployments=[Deployment(name="a", backend="openai", provider_model="m")],
             models=[ModelAlias(name="chat", deployments=["zzz"])],
         )
+
+
+def limited_settings() -> Settings:
+    return Settings(
+        deployments=[
+            Deployment(name="a", backend="openai", provider_model="gpt-x", priority=0),
+            Deployment(name="b", backend="openai", provider_model="gpt-y", priority=1),
+        ],
+        models=[ModelAlias(name="chat", deployments=["a", "b"])],
+        limits=LimitsSettings(
+            keys={"key-1": LimitRule(requests_per_minute=2)},
+            tenants={"acme": LimitRule(usd_per_day=0.01)},
+        ),
+    )
+
+
+def test_the_task_carries_the_fallback_chain_and_the_span_the_routing_reason() -> None:
+    emits = Admission(settings=limited_settings()).run(request("chat"))
+    task, span = emits[0].event, emits[2].event
+    assert (task.deployment, task.fallbacks) == ("a", ["b"])
+    assert task.estimated_tokens > 0 and task.admitted_at_ms > 0
+    assert span.attributes["strategy"] == "priority" and span.attributes["fallbacks"] == "b"
+
+
+def test_an_open_breaker_routes_to_the_next_deployment() -> None:
+    far = 2**62
+    health = {"a": HealthSnapshot("a", "open", open_until_ms=far)}
+    admission = Admission(settings=limited_settings(), health=lambda: health)
+    task = admission.run(request("chat"))[0].event
+    assert (task.deployment, task.fallbacks) == ("b", [])
+
+
+def test_the_key_limit_answers_429_with_openai_rate_limit_headers() -> None:
+    clock = [1_000_000]
+    admission = Admission(settings=limited_settings(), clock_ms=lambda: clock[0])
+    for _ in range(2):
+        assert admission.run(request("chat", api_key_id="key-1"))[0].topic == "inference.default"
+    emits = admission.run(request("chat", api_key_id="key-1"))
+    rejected = next(e.event for e in emits if e.topic == "responses")
+    assert isinstance(rejected, RequestRejected)
+    assert (rejected.http_status, rejected.code) == (429, "rate_limit_exceeded")
+    assert rejected.headers["x-ratelimit-limit-requests"] == "2"
+    assert rejected.headers["x-ratelimit-remaining-requests"] == "0"
+    assert 0 < rejected.retry_after_s <= 30
+    other = admission.run(request("chat", api_key_id="key-2"))
+    assert other[0].topic == "inference.default"  # another key is not limited
+    clock[0] += 30_000  # half a minute refills one request at 2/min
+    assert admission.run(request("chat", api_key_id="key-1"))[0].topic == "inference.default"
+
+
+def test_spend_past_the_tenant_budget_stops_admission_and_alerts() -> None:
+    admission = Admission(settings=limited_settings())
+    spend = Spend(limiter=admission.limiter)
+    alerts = spend.run(cost_entry(usd=0.006))
+    assert [a.event.threshold for a in alerts] == [0.5]
+    assert admission.run(request("chat"))[0].topic == "inference.default"
+    alerts = spend.run(cost_entry(usd=0.005))
+    assert [a.event.threshold for a in alerts] == [0.8, 1.0]
+    assert all(isinstance(a.event, BudgetAlert) and a.key == "acme" for a in alerts)
+    rejected = next(e.event for e in admission.run(request("chat")) if e.topic == "responses")
+    assert (rejected.http_status, rejected.code) == (429, "budget_exceeded")
+    assert rejected.error_type == "insufficient_quota"
+
+
+def test_a_cached_answer_is_served_without_inference_and_records_the_saving() -> None:
+    settings = limited_settings()
+    cache = ResponseCache(settings.cache, {})
+    admission = Admission(settings=settings, cache=cache)
+    first = admission.run(request("chat"))  # temperature 0: cacheable
+    task = first[0].event
+    assert task.cache_key is not None
+    fill = CacheFill(
+        **envelope(tenant_id="acme"),
+        cache_key_json=task.cache_key,
+        content="hello",
+        finish_reason="stop",
+        prompt_tokens=3,
+        completion_tokens=1,
+        deployment="a",
+        provider_model="gpt-x",
+        usd=0.002,
+        latency_ms=12.0,
+    )
+    CacheFiller(cache=cache).run(fill)
+    again = admission.run(request("chat", stream=True))
+    assert [e.topic for e in again] == ["stream", "responses", "cost", "traces"]
+    response, cost = again[1].event, again[2].event
+    assert isinstance(response, ResponseReady) and response.cache_hit
+    assert response.message.content == "hello" and response.usd_saved == 0.002
+    assert cost.cache_hit and cost.usd == 0 and cost.usd_saved == 0.002
+    assert again[3].event.attributes["cache"] == "exact"
+    other_tenant = admission.run(request("chat", tenant_id="globex"))
+    assert other_tenant[0].topic == "inference.default"  # caches never cross tenants
+
+
+def cost_entry(*, usd: float) -> CostEntry:
+    return CostEntry(
+        **envelope(),
+        model="chat",
+        deployment="a",
+        prompt_tokens=10,
+        completion_tokens=5,
+        usd=usd,
+        pricing_version="v1",
+    )

@@ -42,6 +42,7 @@ DESIGN_EVENTS = {
     # added by the gateway (issue 3): breaker/latency state and budget alerts
     "DeploymentHealth",
     "BudgetAlert",
+    "CacheFill",
 }
 
 

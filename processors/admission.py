@@ -69,6 +69,15 @@ class Admission:
     def limiter(self) -> Limiter:
         return self._limiter
 
+    def reconfigure(self, settings: Settings) -> None:
+        """A new catalogue (hot reload): routing is rebuilt; counters, budgets and cache stay.
+
+        Called from another thread: the new router is built first and then swapped in with two
+        reference assignments, so a request routes either wholly on the old or the new one.
+        """
+        router = Router.from_settings(settings)
+        self._settings, self._router = settings, router
+
     def run(self, request: RequestReceived) -> list[Emit]:
         started = now()
         now_ms = self._clock_ms()

@@ -55,6 +55,14 @@ class InferenceStage:
         self._clock_ms = clock_ms
         self._sleep = sleep
 
+    def reconfigure(
+        self, *, backends: Mapping[str, InferenceBackend], deployments: Mapping[str, Deployment]
+    ) -> None:
+        """A new catalogue: tasks started after this call see the new deployments and backends."""
+        self._backends = backends
+        self._deployments = dict(deployments)
+        self._finisher = Finisher(deployments=self._deployments)
+
     async def run(self, task: InferenceTask) -> AsyncIterator[Emit]:
         if task.not_before_ms is not None:
             wait_s = (task.not_before_ms - self._clock_ms()) / 1000

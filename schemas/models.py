@@ -73,6 +73,15 @@ class CacheFill(Event):
     latency_ms: float = Field(description="Backend latency of the original call.")
 
 
+class CatalogueUpdated(Event):
+    """A new version of the model catalogue (deployments and aliases); the compacted sg.catalogue keeps the latest, and every process swaps it in."""
+
+    AVRO_NAME: ClassVar[str] = "io.sluicegate.events.CatalogueUpdated"
+    version: str = Field(description="Content hash of the catalogue (sha256:...).")
+    catalogue_json: str = Field(description="The validated catalogue: {'deployments': [...], 'models': [...]} as in the YAML file.")
+    source: str = Field(default='', description="Where it came from (a file path, or who published it).")
+
+
 class ChunkCreated(Event):
     """One chunk of a document."""
 
@@ -380,4 +389,4 @@ class TokenChunk(Event):
     model: str = Field(description="The alias the caller asked for.")
 
 
-EVENT_MODELS: dict[str, type[Event]] = {"AuditRecord": AuditRecord, "BudgetAlert": BudgetAlert, "CacheFill": CacheFill, "ChunkCreated": ChunkCreated, "ChunkEmbedded": ChunkEmbedded, "CostEntry": CostEntry, "DeadLetter": DeadLetter, "DeploymentHealth": DeploymentHealth, "DocumentSubmitted": DocumentSubmitted, "DriftDetected": DriftDetected, "EvalCaseResult": EvalCaseResult, "EvalRunCompleted": EvalRunCompleted, "InferenceFailed": InferenceFailed, "InferenceResult": InferenceResult, "InferenceTask": InferenceTask, "PromptVersionPublished": PromptVersionPublished, "RequestAdmitted": RequestAdmitted, "RequestEnriched": RequestEnriched, "RequestReceived": RequestReceived, "RequestRejected": RequestRejected, "ResponseReady": ResponseReady, "Span": Span, "TokenChunk": TokenChunk}
+EVENT_MODELS: dict[str, type[Event]] = {"AuditRecord": AuditRecord, "BudgetAlert": BudgetAlert, "CacheFill": CacheFill, "CatalogueUpdated": CatalogueUpdated, "ChunkCreated": ChunkCreated, "ChunkEmbedded": ChunkEmbedded, "CostEntry": CostEntry, "DeadLetter": DeadLetter, "DeploymentHealth": DeploymentHealth, "DocumentSubmitted": DocumentSubmitted, "DriftDetected": DriftDetected, "EvalCaseResult": EvalCaseResult, "EvalRunCompleted": EvalRunCompleted, "InferenceFailed": InferenceFailed, "InferenceResult": InferenceResult, "InferenceTask": InferenceTask, "PromptVersionPublished": PromptVersionPublished, "RequestAdmitted": RequestAdmitted, "RequestEnriched": RequestEnriched, "RequestReceived": RequestReceived, "RequestRejected": RequestRejected, "ResponseReady": ResponseReady, "Span": Span, "TokenChunk": TokenChunk}

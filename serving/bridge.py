@@ -38,7 +38,8 @@ from sluicegate.serving import openai_format as fmt
 from sluicegate.serving.idempotency import IdempotencyCache
 from sluicegate.serving.kafka_io import AsyncProducer, ReplyRouter
 from sluicegate.serving.metrics import BridgeMetrics
-from sluicegate.settings import Settings
+from sluicegate.settings import Catalogue, Settings
+from sluicegate.streams.catalogue_view import CatalogueView
 
 log = logging.getLogger(__name__)
 
@@ -117,6 +118,7 @@ class Bridge:
         )
         self.journal: AsyncProducer | None = None
         self.router: ReplyRouter | None = None
+        self.catalogue: CatalogueView | None = None
         self._requests_topic = settings.topic("requests")
         self._traces_topic = settings.topic("traces")
         self._in_flight = 0
@@ -132,9 +134,18 @@ class Bridge:
             topics=[self.settings.topic("responses"), self.settings.topic("stream")],
         )
         await loop.run_in_executor(None, self.router.start)
+        # Aliases and /v1/models follow catalogue reloads (the listener runs on the view's thread).
+        self.catalogue = CatalogueView(settings=self.settings, serde=self.serde)
+        self.catalogue.subscribe(lambda c: loop.call_soon_threadsafe(self._use_catalogue, c))
+        await loop.run_in_executor(None, self.catalogue.start)
+
+    def _use_catalogue(self, catalogue: Catalogue) -> None:
+        self.settings = self.settings.with_catalogue(catalogue)
 
     async def stop(self, _app: web.Application | None = None) -> None:
         loop = asyncio.get_running_loop()
+        if self.catalogue is not None:
+            await loop.run_in_executor(None, self.catalogue.close)
         if self.router is not None:
             await loop.run_in_executor(None, self.router.close)
         if self.journal is not None:

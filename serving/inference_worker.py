@@ -24,6 +24,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from confluent_kafka import Consumer, Message, TopicPartition
 
+from sluicegate.connectors.inference import build_backend
 from sluicegate.connectors.ports import InferenceBackend
 from sluicegate.processors.envelope import Emit
 from sluicegate.processors.inference import InferenceStage
@@ -31,7 +32,8 @@ from sluicegate.processors.rejection import internal_error
 from sluicegate.schemas.models import InferenceTask
 from sluicegate.schemas.serde import AvroSerde
 from sluicegate.serving.kafka_io import AsyncProducer, fetch_ready
-from sluicegate.settings import Settings
+from sluicegate.settings import Catalogue, Settings
+from sluicegate.streams.catalogue_view import CatalogueView
 from sluicegate.streams.dlq import dead_letter
 from sluicegate.streams.health_view import HealthView
 
@@ -80,9 +82,13 @@ class InferenceWorker:
     ) -> None:
         self._settings = settings
         self._serde = serde
+        self._backends = dict(backends)
+        self._pools = pools
         self._health = HealthView(settings=settings, serde=serde)
+        self._catalogue = CatalogueView(settings=settings, serde=serde)
+        self._new_topics: list[str] | None = None
         self._stage = InferenceStage(
-            backends=backends,
+            backends=self._backends,
             deployments={d.name: d for d in settings.deployments},
             resilience=settings.resilience,
             health=lambda: self._health.snapshots,
@@ -112,6 +118,8 @@ class InferenceWorker:
             bootstrap_servers=self._settings.kafka.bootstrap_servers, loop=loop
         )
         await loop.run_in_executor(None, self._health.start)
+        self._catalogue.subscribe(lambda c: loop.call_soon_threadsafe(self._reconfigure, c))
+        await loop.run_in_executor(None, self._catalogue.start)
         self._consumer.subscribe(self._topics, on_revoke=self._on_revoke)
         slots = asyncio.Semaphore(self._settings.worker.inference_concurrency)
         try:
@@ -131,9 +139,43 @@ class InferenceWorker:
             await loop.run_in_executor(self._fetcher, self._consumer.close)
             await loop.run_in_executor(None, self._producer.close)
             await loop.run_in_executor(None, self._health.close)
+            await loop.run_in_executor(None, self._catalogue.close)
             self._fetcher.shutdown(wait=False)
 
+    @property
+    def backends(self) -> Mapping[str, InferenceBackend]:
+        return self._backends
+
+    def _reconfigure(self, catalogue: Catalogue) -> None:
+        """A new catalogue, on the event loop: backends for new or changed deployments, the old
+        ones closed once nothing new uses them, the pool topics followed if pools changed."""
+        settings = self._settings.with_catalogue(catalogue)
+        old = {d.name: d for d in self._settings.deployments}
+        backends: dict[str, InferenceBackend] = {}
+        for deployment in settings.deployments:
+            kept = self._backends.get(deployment.name)
+            if kept is not None and old.get(deployment.name) == deployment:
+                backends[deployment.name] = kept
+            else:
+                backends[deployment.name] = build_backend(deployment)
+        retired = [b for name, b in self._backends.items() if backends.get(name) is not b]
+        self._stage.reconfigure(
+            backends=backends, deployments={d.name: d for d in settings.deployments}
+        )
+        self._settings, self._backends = settings, backends
+        for backend in retired:  # tasks already running on it finish first (SDK clients allow it)
+            task = asyncio.get_running_loop().create_task(_close_later(backend))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        topics = [settings.topic(f"inference.{p}") for p in (self._pools or settings.pools)]
+        if sorted(topics) != sorted(self._topics):
+            self._topics, self._new_topics = topics, topics
+        log.info("inference: catalogue %s applied", catalogue.version)
+
     def _fetch(self) -> list[Message]:
+        topics, self._new_topics = self._new_topics, None
+        if topics is not None:  # subscribe from the consumer's own thread
+            self._consumer.subscribe(topics, on_revoke=self._on_revoke)
         return fetch_ready(self._consumer, wait_s=0.2, max_records=256, who="inference consumer")
 
     def _on_revoke(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
@@ -200,6 +242,11 @@ class InferenceWorker:
         )
 
 
+async def _close_later(backend: InferenceBackend, grace_s: float = 60.0) -> None:
+    await asyncio.sleep(grace_s)
+    await backend.aclose()
+
+
 async def serve(
     settings: Settings, serde: AvroSerde, backends: Mapping[str, InferenceBackend]
 ) -> None:
@@ -214,5 +261,5 @@ async def serve(
     try:
         await worker.run(stop)
     finally:
-        for backend in backends.values():
+        for backend in worker.backends.values():  # the live ones, after any catalogue reload
             await backend.aclose()

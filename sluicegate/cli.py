@@ -261,10 +261,65 @@ def cmd_topics(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_send(settings: Settings, args: argparse.Namespace) -> int:
+def _publish(settings: Settings, topic: str, key: str, event: Any) -> bool:
+    """One event, journaled like the bridge does (idempotent, acks=all, murmur2 partitioning)."""
     from confluent_kafka import Producer
 
     from sluicegate.connectors.schema_registry import build_serde
+
+    producer = Producer(
+        {
+            "bootstrap.servers": settings.kafka.bootstrap_servers,
+            "enable.idempotence": True,
+            "acks": "all",
+            "partitioner": "murmur2_random",
+        }
+    )
+    producer.produce(
+        settings.topic(topic), key=key.encode(), value=build_serde(settings).encode(event)
+    )
+    return producer.flush(30) == 0
+
+
+def cmd_catalogue(settings: Settings, args: argparse.Namespace) -> int:
+    """`publish FILE`: validate, create the topics its pools need, make it live everywhere;
+    `show`: the catalogue the processes use now."""
+    from sluicegate.settings import Catalogue
+    from sluicegate.streams.catalogue_view import KEY, CatalogueView, catalogue_event
+    from sluicegate.streams.topics import ensure_topics
+
+    if args.action == "publish":
+        try:
+            catalogue = Catalogue.from_file(Path(args.file))
+        except ValueError as error:
+            print(f"invalid catalogue: {error}", file=sys.stderr)
+            return 2
+        ensure_topics(settings.with_catalogue(catalogue))  # new pools get their topics first
+        if not _publish(settings, "catalogue", KEY, catalogue_event(catalogue, source=args.file)):
+            print("could not deliver the catalogue", file=sys.stderr)
+            return 1
+        print(
+            json.dumps(
+                {
+                    "version": catalogue.version,
+                    "deployments": len(catalogue.deployments),
+                    "models": [m.name for m in catalogue.models],
+                }
+            )
+        )
+        return 0
+    from sluicegate.connectors.schema_registry import build_serde
+
+    current = [settings.catalogue]
+    view = CatalogueView(settings=settings, serde=build_serde(settings))
+    view.subscribe(current.append)
+    view.start()
+    view.close()
+    print(json.dumps({"version": current[-1].version, **current[-1].model_dump(mode="json")}))
+    return 0
+
+
+def cmd_send(settings: Settings, args: argparse.Namespace) -> int:
     from sluicegate.processors.envelope import new_event_id, new_span_id, new_trace_id, now
     from sluicegate.serving.openai_format import InvalidRequest, parse_chat_request
 
@@ -283,19 +338,7 @@ def cmd_send(settings: Settings, args: argparse.Namespace) -> int:
     except InvalidRequest as error:
         print(f"invalid request: {error.message}", file=sys.stderr)
         return 2
-    serde = build_serde(settings)
-    producer = Producer(
-        {
-            "bootstrap.servers": settings.kafka.bootstrap_servers,
-            "enable.idempotence": True,
-            "acks": "all",
-            "partitioner": "murmur2_random",
-        }
-    )
-    producer.produce(
-        settings.topic("requests"), key=event.tenant_id.encode(), value=serde.encode(event)
-    )
-    if producer.flush(30) != 0:
+    if not _publish(settings, "requests", event.tenant_id, event):
         print("could not deliver the event", file=sys.stderr)
         return 1
     print(json.dumps({"request_id": event.request_id, "topic": settings.topic("requests")}))
@@ -377,6 +420,12 @@ def parser() -> argparse.ArgumentParser:
     send = sub.add_parser("send", help="publish a request event from a JSON body")
     send.add_argument("file")
     send.add_argument("--tenant", default="default")
+    catalogue = sub.add_parser("catalogue", help="publish or show the live model catalogue")
+    catalogue_sub = catalogue.add_subparsers(dest="action", required=True)
+    catalogue_sub.add_parser(
+        "publish", help="validate a YAML catalogue and make it live"
+    ).add_argument("file")
+    catalogue_sub.add_parser("show", help="print the catalogue in use")
     tail = sub.add_parser("tail", help="print a topic's events as JSON lines")
     tail.add_argument("topic", help="catalogue name (responses) or full name (sg.responses)")
     tail.add_argument("--from-beginning", action="store_true")
@@ -396,6 +445,7 @@ COMMANDS = {
     "sql": cmd_sql,
     "topics": cmd_topics,
     "send": cmd_send,
+    "catalogue": cmd_catalogue,
     "tail": cmd_tail,
 }
 

@@ -8,6 +8,7 @@ the code reads `os.environ` (adapters read the API-key variable a deployment *na
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 from typing import Any, Literal
@@ -16,7 +17,7 @@ import yaml
 from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-BackendKind = Literal["openai", "azure", "anthropic", "llamacpp"]
+BackendKind = Literal["openai", "azure", "anthropic", "bedrock", "llamacpp"]
 RoutingStrategy = Literal["priority", "cost", "latency", "weighted", "capability"]
 
 
@@ -76,6 +77,7 @@ class Deployment(BaseModel):
         default=None,
         description="Azure OpenAI `api-version`, or the `anthropic-version` header to pin.",
     )
+    region: str | None = Field(default=None, description="AWS region (`bedrock` only).")
 
     @property
     def api_key(self) -> SecretStr | None:
@@ -106,6 +108,41 @@ def _embedded_catalogue() -> tuple[list[Deployment], list[ModelAlias]]:
     )
     alias = ModelAlias(name="smollm2-135m", deployments=[local.name], description=local.description)
     return [local], [alias]
+
+
+def check_aliases(deployments: list[Deployment], models: list[ModelAlias]) -> None:
+    known = {d.name for d in deployments}
+    if len(known) != len(deployments):
+        raise ValueError("deployment names must be unique")
+    for alias in models:
+        missing = [d for d in alias.deployments if d not in known]
+        if missing:
+            raise ValueError(f"model {alias.name!r} names unknown deployments {missing}")
+
+
+class Catalogue(BaseModel):
+    """The model catalogue on its own: what `sluicegate catalogue publish` puts on sg.catalogue,
+    and what every process swaps in when a new version arrives."""
+
+    model_config = {"frozen": True}
+
+    deployments: list[Deployment]
+    models: list[ModelAlias]
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Catalogue:
+        check_aliases(self.deployments, self.models)
+        return self
+
+    @classmethod
+    def from_file(cls, path: Path) -> Catalogue:
+        return cls.model_validate(load_catalogue(path))
+
+    @property
+    def version(self) -> str:
+        """A content hash: the same catalogue always has the same version."""
+        digest = hashlib.sha256(self.model_dump_json().encode()).hexdigest()
+        return f"sha256:{digest[:16]}"
 
 
 def load_catalogue(path: Path) -> dict[str, Any]:
@@ -292,13 +329,18 @@ class Settings(BaseSettings):
     def _aliases_name_known_deployments(
         cls, models: list[ModelAlias], info: object
     ) -> list[ModelAlias]:
-        deployments = getattr(info, "data", {}).get("deployments") or []
-        known = {d.name for d in deployments}
-        for alias in models:
-            missing = [d for d in alias.deployments if d not in known]
-            if missing:
-                raise ValueError(f"model {alias.name!r} names unknown deployments {missing}")
+        check_aliases(getattr(info, "data", {}).get("deployments") or [], models)
         return models
+
+    def with_catalogue(self, catalogue: Catalogue) -> Settings:
+        """These settings with another catalogue (a hot reload); everything else unchanged."""
+        return self.model_copy(
+            update={"deployments": catalogue.deployments, "models": catalogue.models}
+        )
+
+    @property
+    def catalogue(self) -> Catalogue:
+        return Catalogue(deployments=self.deployments, models=self.models)
 
     def topic(self, name: str) -> str:
         """The full topic name for a catalogue name such as `requests`."""

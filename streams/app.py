@@ -46,6 +46,7 @@ from sluicegate.schemas.models import (
 )
 from sluicegate.schemas.serde import AvroSerde
 from sluicegate.settings import Settings
+from sluicegate.streams.catalogue_view import CatalogueView
 from sluicegate.streams.dlq import dead_letter
 from sluicegate.streams.health_view import HealthView
 
@@ -136,6 +137,7 @@ def create_app(
     serde: AvroSerde,
     health_view: HealthView | None = None,
     embedder: Embedder | None = None,
+    catalogue_view: CatalogueView | None = None,
 ) -> faust.App:
     """The app; `health_view` (started by the caller) gives routing the breakers' state and
     `embedder` the cache its semantic tier (None: exact tier only)."""
@@ -173,6 +175,8 @@ def create_app(
         health=(lambda: health_view.snapshots) if health_view is not None else (lambda: {}),
         cache=cache,
     )
+    if catalogue_view is not None:
+        catalogue_view.subscribe(lambda c: admission.reconfigure(settings.with_catalogue(c)))
     spend = Spend(limiter=admission.limiter)
     health = HealthStage(settings=settings.resilience, store=health_table)
 

@@ -49,6 +49,9 @@ def catalogue(settings: Settings) -> list[TopicSpec]:
         TopicSpec(t("health"), "deployment", ("DeploymentHealth",), cleanup="compact"),
         TopicSpec(t("alerts"), "tenant_id", ("BudgetAlert",), 400 * DAY_MS),
         TopicSpec(t("cache"), "tenant_id", ("CacheFill",), 1 * DAY_MS, dlq=True),
+        TopicSpec(
+            t("catalogue"), "catalogue", ("CatalogueUpdated",), cleanup="compact", partitions=1
+        ),
         TopicSpec(t("responses"), "request_id", ("ResponseReady", "RequestRejected"), 90 * DAY_MS),
         TopicSpec(t("stream"), "request_id", ("TokenChunk",), 1 * DAY_MS),
         TopicSpec(t("traces"), "trace_id", ("Span",), 30 * DAY_MS),

@@ -16,6 +16,7 @@ from sluicegate.connectors.schema_registry import build_serde
 from sluicegate.serving.inference_worker import serve
 from sluicegate.settings import Settings
 from sluicegate.streams.app import create_app
+from sluicegate.streams.catalogue_view import CatalogueView
 from sluicegate.streams.health_view import HealthView
 from sluicegate.streams.topics import ensure_topics
 
@@ -26,13 +27,22 @@ def run_worker(settings: Settings, *, loglevel: str = "INFO") -> None:
     settings.worker.data_dir.mkdir(parents=True, exist_ok=True)
     serde = build_serde(settings)
     health_view = HealthView(settings=settings, serde=serde)
+    catalogue_view = CatalogueView(settings=settings, serde=serde)
     health_view.start()
     try:
         embedder = build_embedder(settings.cache)
-        app = create_app(settings, serde=serde, health_view=health_view, embedder=embedder)
+        app = create_app(
+            settings,
+            serde=serde,
+            health_view=health_view,
+            embedder=embedder,
+            catalogue_view=catalogue_view,
+        )
+        catalogue_view.start()  # after create_app subscribed: a published catalogue applies now
         worker = faust.Worker(app, loglevel=loglevel, quiet=True)
         worker.execute_from_commandline()
     finally:
+        catalogue_view.close()
         health_view.close()
 
 

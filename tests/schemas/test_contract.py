@@ -43,6 +43,7 @@ DESIGN_EVENTS = {
     "DeploymentHealth",
     "BudgetAlert",
     "CacheFill",
+    "CatalogueUpdated",
 }
 
 

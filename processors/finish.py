@@ -22,6 +22,7 @@ from sluicegate.schemas.models import (
     InferenceFailed,
     InferenceResult,
     InferenceTask,
+    ProbeStarted,
     RequestRejected,
     ResponseReady,
     Span,
@@ -176,6 +177,14 @@ class Finisher:
             Emit("inference.results", task.deployment, failure),
             self._span(failure, started, "error", attributes),
         ]
+
+    def probe_started(self, task: InferenceTask) -> Emit:
+        probe = ProbeStarted(
+            **child_envelope(task, producer=PRODUCER),
+            deployment=task.deployment,
+            attempt=task.attempt,
+        )
+        return Emit("inference.results", task.deployment, probe)
 
     def next_attempt(
         self, task: InferenceTask, failure: InferenceFailed, decision: Retry | Fallback

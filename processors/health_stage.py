@@ -13,7 +13,12 @@ from typing import Any
 
 from sluicegate.processors.envelope import Emit, child_envelope
 from sluicegate.processors.resilience import HealthTracker, Observation
-from sluicegate.schemas.models import DeploymentHealth, InferenceFailed, InferenceResult
+from sluicegate.schemas.models import (
+    DeploymentHealth,
+    InferenceFailed,
+    InferenceResult,
+    ProbeStarted,
+)
 from sluicegate.settings import ResilienceSettings
 
 PRODUCER = "health"
@@ -33,10 +38,13 @@ class HealthStage:
         self._interval_ms = publish_interval_ms
         self._published_ms: dict[str, int] = {}
 
-    def observe(self, event: InferenceResult | InferenceFailed) -> list[Emit]:
+    def observe(self, event: InferenceResult | InferenceFailed | ProbeStarted) -> list[Emit]:
         # The event's own time, not the wall clock: replaying the log rebuilds the same state.
         at_ms = int(event.occurred_at.timestamp() * 1000)
-        if isinstance(event, InferenceResult):
+        if isinstance(event, ProbeStarted):
+            # Half-open: the probe's lease is published, so every router and worker holds off.
+            observation = self._tracker.probe_dispatched(event.deployment, at_ms)
+        elif isinstance(event, InferenceResult):
             observation = self._tracker.observe_success(
                 event.deployment, event.latency_ms, event.ttft_ms, at_ms
             )
@@ -51,7 +59,9 @@ class HealthStage:
         return [self._event(event, observation)]
 
     @staticmethod
-    def _event(cause: InferenceResult | InferenceFailed, observation: Observation) -> Emit:
+    def _event(
+        cause: InferenceResult | InferenceFailed | ProbeStarted, observation: Observation
+    ) -> Emit:
         snapshot = observation.snapshot
         health = DeploymentHealth(
             **child_envelope(cause, producer=PRODUCER),

@@ -22,7 +22,13 @@ from sluicegate.errors import BackendError
 from sluicegate.processors.envelope import Emit, now
 from sluicegate.processors.finish import Finisher
 from sluicegate.processors.health import HealthSnapshot
-from sluicegate.processors.resilience import AttemptPlanner, Decision, GiveUp, may_call
+from sluicegate.processors.resilience import (
+    AttemptPlanner,
+    Decision,
+    GiveUp,
+    is_probe,
+    may_call,
+)
 from sluicegate.schemas.models import InferenceTask, TokenUsage
 from sluicegate.settings import Deployment, ResilienceSettings
 
@@ -54,6 +60,10 @@ class InferenceStage:
         self._health = health
         self._clock_ms = clock_ms
         self._sleep = sleep
+        resilience = resilience or ResilienceSettings()
+        self._probe_lease_ms = int(resilience.breaker_cooldown_s * 1000)
+        # deployment → (the open_until_ms of the cool-down probed, when this claim lapses)
+        self._probes: dict[str, tuple[int, int]] = {}
 
     def reconfigure(
         self, *, backends: Mapping[str, InferenceBackend], deployments: Mapping[str, Deployment]
@@ -72,10 +82,12 @@ class InferenceStage:
         t0 = time.perf_counter()
         backend = self._backends.get(task.deployment)
         try:
-            if not may_call(self._health().get(task.deployment), int(self._clock_ms())):
+            if not self._may_call(task.deployment, int(self._clock_ms())):
                 raise BackendError(
                     f"the circuit breaker of {task.deployment} is open", error_class="circuit_open"
                 )
+            if self._claims_probe(task.deployment):
+                yield self._finisher.probe_started(task)
             if backend is None:
                 raise BackendError(
                     f"no backend serves deployment {task.deployment!r} here",
@@ -105,6 +117,34 @@ class InferenceStage:
             task, completion, started=started, latency_ms=latency_ms, ttft_ms=ttft_ms
         ):
             yield emit
+
+    def _may_call(self, deployment: str, now_ms: int) -> bool:
+        """The breaker as the health view says — and, while this process's own probe is in
+        flight (the view has not shown the half-open lease yet), no second call."""
+        snapshot = self._health().get(deployment)
+        if not may_call(snapshot, now_ms):
+            return False
+        claim = self._probes.get(deployment)
+        if claim is None or snapshot is None:
+            return True
+        opened_until, lease_until = claim
+        if snapshot.breaker == "open" and snapshot.open_until_ms == opened_until:
+            return now_ms >= lease_until  # still the cool-down this process probed
+        del self._probes[deployment]  # the view moved on (half-open, closed or reopened)
+        return True
+
+    def _claims_probe(self, deployment: str) -> bool:
+        """Whether this call is the breaker's half-open probe; if so it is claimed here first.
+
+        Synchronous between the check and the claim, so concurrent tasks of this process see
+        the claim; other processes learn of it through ProbeStarted → health → sg.health.
+        """
+        snapshot = self._health().get(deployment)
+        now_ms = int(self._clock_ms())
+        if not is_probe(snapshot, now_ms) or snapshot is None or snapshot.breaker != "open":
+            return False
+        self._probes[deployment] = (snapshot.open_until_ms or 0, now_ms + self._probe_lease_ms)
+        return True
 
     def _after_failure(
         self, task: InferenceTask, error: BackendError, started: datetime, latency_ms: float

@@ -285,6 +285,14 @@ class InferenceTask(Event):
     admitted_at_ms: int = Field(default=0, description="Epoch millis of the admission decision: where the rate limiter charged the estimate.")
 
 
+class ProbeStarted(Event):
+    """An inference worker sent the half-open probe to a deployment whose breaker cool-down ended; the health agent leases the probe slot so no other call goes out until it reports back."""
+
+    AVRO_NAME: ClassVar[str] = "io.sluicegate.events.ProbeStarted"
+    deployment: str = Field(description="Catalogue deployment probed.")
+    attempt: int = Field(default=1, description="The task attempt that is the probe.")
+
+
 class PromptVersionPublished(Event):
     """A new version of a named prompt template (compacted registry)."""
 
@@ -389,4 +397,4 @@ class TokenChunk(Event):
     model: str = Field(description="The alias the caller asked for.")
 
 
-EVENT_MODELS: dict[str, type[Event]] = {"AuditRecord": AuditRecord, "BudgetAlert": BudgetAlert, "CacheFill": CacheFill, "CatalogueUpdated": CatalogueUpdated, "ChunkCreated": ChunkCreated, "ChunkEmbedded": ChunkEmbedded, "CostEntry": CostEntry, "DeadLetter": DeadLetter, "DeploymentHealth": DeploymentHealth, "DocumentSubmitted": DocumentSubmitted, "DriftDetected": DriftDetected, "EvalCaseResult": EvalCaseResult, "EvalRunCompleted": EvalRunCompleted, "InferenceFailed": InferenceFailed, "InferenceResult": InferenceResult, "InferenceTask": InferenceTask, "PromptVersionPublished": PromptVersionPublished, "RequestAdmitted": RequestAdmitted, "RequestEnriched": RequestEnriched, "RequestReceived": RequestReceived, "RequestRejected": RequestRejected, "ResponseReady": ResponseReady, "Span": Span, "TokenChunk": TokenChunk}
+EVENT_MODELS: dict[str, type[Event]] = {"AuditRecord": AuditRecord, "BudgetAlert": BudgetAlert, "CacheFill": CacheFill, "CatalogueUpdated": CatalogueUpdated, "ChunkCreated": ChunkCreated, "ChunkEmbedded": ChunkEmbedded, "CostEntry": CostEntry, "DeadLetter": DeadLetter, "DeploymentHealth": DeploymentHealth, "DocumentSubmitted": DocumentSubmitted, "DriftDetected": DriftDetected, "EvalCaseResult": EvalCaseResult, "EvalRunCompleted": EvalRunCompleted, "InferenceFailed": InferenceFailed, "InferenceResult": InferenceResult, "InferenceTask": InferenceTask, "ProbeStarted": ProbeStarted, "PromptVersionPublished": PromptVersionPublished, "RequestAdmitted": RequestAdmitted, "RequestEnriched": RequestEnriched, "RequestReceived": RequestReceived, "RequestRejected": RequestRejected, "ResponseReady": ResponseReady, "Span": Span, "TokenChunk": TokenChunk}

@@ -42,6 +42,7 @@ from sluicegate.schemas.models import (
     Event,
     InferenceFailed,
     InferenceResult,
+    ProbeStarted,
     RequestReceived,
 )
 from sluicegate.schemas.serde import AvroSerde
@@ -229,7 +230,7 @@ def create_app(
             stream,
             publisher=publisher,
             serde=serde,
-            model=(InferenceResult, InferenceFailed),
+            model=(InferenceResult, InferenceFailed, ProbeStarted),
             stage="health",
             handle=publishing(health.observe),
         )

@@ -44,7 +44,10 @@ def catalogue(settings: Settings) -> list[TopicSpec]:
         TopicSpec(t("admitted"), "tenant_id", ("RequestAdmitted", "RequestRejected")),
         TopicSpec(t("enriched"), "tenant_id", ("RequestEnriched",)),
         TopicSpec(
-            t("inference.results"), "deployment", ("InferenceResult", "InferenceFailed"), dlq=True
+            t("inference.results"),
+            "deployment",
+            ("InferenceResult", "InferenceFailed", "ProbeStarted"),
+            dlq=True,
         ),
         TopicSpec(t("health"), "deployment", ("DeploymentHealth",), cleanup="compact"),
         TopicSpec(t("alerts"), "tenant_id", ("BudgetAlert",), 400 * DAY_MS),

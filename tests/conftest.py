@@ -4,6 +4,7 @@ on topics with a prefix of their own, so runs never see each other's records."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import socket
@@ -19,9 +20,13 @@ import pytest
 from sluicegate.settings import (
     AnalyticsSettings,
     BridgeSettings,
+    CacheSettings,
     Deployment,
     KafkaSettings,
+    LimitRule,
+    LimitsSettings,
     ModelAlias,
+    ResilienceSettings,
     Settings,
     WorkerSettings,
 )
@@ -29,6 +34,17 @@ from sluicegate.settings import (
 pytest_plugins = ["tests.broker_fixture"]
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+
+# Callers with limits of their own in the shared settings (tests/e2e/test_gateway.py).
+LIMITED_TOKEN = "sk-limited"  # 3 requests/min
+RESTART_TOKEN = "sk-limited-restart"  # 1 request/min, for the worker-restart test
+BUDGET_TENANT = "budget-tenant"  # a budget of a fraction of a cent per day
+BUDGET_USD_PER_DAY = 1e-6
+
+
+def api_key_id(token: str) -> str:
+    """The id the bridge derives from a bearer token (serving/bridge.py)."""
+    return f"key-{hashlib.sha256(token.encode()).hexdigest()[:16]}"
 
 
 def free_port() -> int:
@@ -70,6 +86,16 @@ def upstream() -> Iterator:
 
 
 @pytest.fixture(scope="session")
+def upstream2() -> Iterator:
+    """A second fake upstream, for the deployments that tests make fail."""
+    from tests.fakes.openai_upstream import FakeOpenAIUpstream
+
+    server = FakeOpenAIUpstream.start_in_thread(model="fake-model-2")
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
 def blackhole() -> Iterator[Blackhole]:
     hole = Blackhole()
     yield hole
@@ -78,9 +104,25 @@ def blackhole() -> Iterator[Blackhole]:
 
 @pytest.fixture(scope="session")
 def settings(
-    kafka_bootstrap: str, upstream, blackhole: Blackhole, tmp_path_factory: pytest.TempPathFactory
+    kafka_bootstrap: str,
+    upstream,
+    upstream2,
+    blackhole: Blackhole,
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> Settings:
     run = uuid.uuid4().hex[:8]
+
+    def on_upstream2(name: str, provider_model: str, **fields: object) -> Deployment:
+        return Deployment(
+            name=name,
+            backend="openai",
+            provider_model=provider_model,
+            base_url=upstream2.base_url,
+            api_key_env="SLUICEGATE_TEST_KEY",
+            pricing_version="test-2026-11",
+            **fields,
+        )
+
     return Settings(
         kafka=KafkaSettings(bootstrap_servers=kafka_bootstrap, topic_prefix=f"t{run}."),
         analytics=AnalyticsSettings(dsn=f"chdb://{tmp_path_factory.mktemp('chdb')}/store"),
@@ -114,6 +156,26 @@ def settings(
                 backend="llamacpp",
                 provider_model="SmolLM2-135M-Instruct.Q4_1",
             ),
+            # Resilience and routing tests (tests/e2e/test_gateway.py): each test fails
+            # deployments of its own, so one test's open breaker never steers another's traffic.
+            on_upstream2(
+                "flaky", "flaky-model", priority=-1, input_usd_per_mtok=0.3, output_usd_per_mtok=1.2
+            ),
+            on_upstream2("solo", "solo-model"),
+            on_upstream2("small-ctx", "small-model", context_window=4096),
+            Deployment(
+                name="big-ctx",
+                backend="openai",
+                provider_model="big-model",
+                base_url=upstream.base_url,
+                api_key_env="SLUICEGATE_TEST_KEY",
+                context_window=128_000,
+                priority=1,
+            ),
+            on_upstream2("brk", "breaker-model"),
+            on_upstream2("brk2", "breaker2-model"),
+            on_upstream2("streamy", "stream-model"),
+            on_upstream2("cheap", "cheap-model", input_usd_per_mtok=0.01, output_usd_per_mtok=0.02),
         ],
         models=[
             ModelAlias(name="gpt-fake", deployments=["fake"], description="fake upstream"),
@@ -123,7 +185,39 @@ def settings(
                 deployments=["local-smollm2"],
                 description="SmolLM2-135M on llama.cpp",
             ),
+            ModelAlias(
+                name="gpt-chain",
+                deployments=["fake", "flaky"],
+                description="flaky first (priority -1), then fake",
+            ),
+            ModelAlias(name="gpt-solo", deployments=["solo"], description="no fallback"),
+            ModelAlias(
+                name="gpt-ctx",
+                deployments=["small-ctx", "big-ctx"],
+                description="4k context first, then 128k",
+            ),
+            ModelAlias(name="gpt-breaker", deployments=["brk", "fake"]),
+            ModelAlias(name="gpt-breaker2", deployments=["brk2", "fake"]),
+            ModelAlias(name="gpt-stream", deployments=["streamy", "fake"]),
+            ModelAlias(name="gpt-cheap", deployments=["fake", "cheap"], strategy="cost"),
         ],
+        resilience=ResilienceSettings(
+            backoff_base_s=0.05,
+            backoff_max_s=0.2,
+            breaker_failures=3,
+            breaker_window_s=30,
+            breaker_cooldown_s=2,
+        ),
+        limits=LimitsSettings(
+            keys={
+                api_key_id(LIMITED_TOKEN): LimitRule(requests_per_minute=3),
+                api_key_id(RESTART_TOKEN): LimitRule(requests_per_minute=1),
+            },
+            tenants={BUDGET_TENANT: LimitRule(usd_per_day=BUDGET_USD_PER_DAY)},
+        ),
+        # Tests count upstream requests: an answer from the cache would not reach it. The cache's
+        # own end-to-end test builds settings of its own.
+        cache=CacheSettings(enabled=False),
     )
 
 
@@ -154,9 +248,15 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
 
 
 def _wait_for_group(
-    group_id: str, settings: Settings, process: subprocess.Popen[bytes], log: Path
+    group_id: str,
+    settings: Settings,
+    process: subprocess.Popen[bytes],
+    log: Path,
+    *,
+    not_members: frozenset[str] = frozenset(),
 ) -> None:
-    """Ready once the consumer group is stable with partitions assigned."""
+    """Ready once the consumer group is stable with partitions assigned (to members other than
+    `not_members`, the ids of a stopped process's members)."""
     from confluent_kafka import ConsumerGroupState
     from confluent_kafka.admin import AdminClient
 
@@ -167,8 +267,10 @@ def _wait_for_group(
             raise RuntimeError(f"worker exited:\n{log.read_text()[-4000:]}")
         try:
             group = admin.describe_consumer_groups([group_id])[group_id].result(5)
-            if group.state == ConsumerGroupState.STABLE and any(
-                m.assignment.topic_partitions for m in group.members
+            if (
+                group.state == ConsumerGroupState.STABLE
+                and any(m.assignment.topic_partitions for m in group.members)
+                and not any(m.member_id in not_members for m in group.members)
             ):
                 return
         except Exception:
@@ -177,23 +279,68 @@ def _wait_for_group(
     raise RuntimeError(f"worker not ready in 120 s:\n{log.read_text()[-4000:]}")
 
 
-@pytest.fixture(scope="session")
-def worker(
-    settings: Settings, topics: list[str], tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[subprocess.Popen[bytes]]:
-    """The Faust worker and the inference worker, both with their partitions assigned."""
-    logs = tmp_path_factory.mktemp("logs")
-    faust_worker = _spawn("worker", settings, logs / "worker.log")
-    inference = _spawn("inference", settings, logs / "inference.log")
-    try:
-        _wait_for_group(settings.worker.app_id, settings, faust_worker, logs / "worker.log")
+def _group_members(group_id: str, settings: Settings) -> frozenset[str]:
+    from confluent_kafka.admin import AdminClient
+
+    admin = AdminClient({"bootstrap.servers": settings.kafka.bootstrap_servers})
+    group = admin.describe_consumer_groups([group_id])[group_id].result(10)
+    return frozenset(m.member_id for m in group.members)
+
+
+class Workers:
+    """The Faust worker and the inference worker of one settings, as subprocesses."""
+
+    def __init__(self, settings: Settings, logs: Path) -> None:
+        self.settings = settings
+        self.logs = logs
+        self.restarts = 0
+        self.faust_log = logs / "worker.log"
+        self.faust = _spawn("worker", settings, self.faust_log)
+        self.inference = _spawn("inference", settings, logs / "inference.log")
+
+    def wait_ready(self) -> None:
+        _wait_for_group(self.settings.worker.app_id, self.settings, self.faust, self.faust_log)
         _wait_for_group(
-            f"{settings.worker.app_id}-inference", settings, inference, logs / "inference.log"
+            f"{self.settings.worker.app_id}-inference",
+            self.settings,
+            self.inference,
+            self.logs / "inference.log",
         )
-        yield faust_worker
+
+    def restart_faust(self) -> subprocess.Popen[bytes]:
+        """Stop the Faust worker and start a new one on the same settings (so the same group
+        and changelog topics); returns once the new one has its partitions."""
+        group = self.settings.worker.app_id
+        old_members = _group_members(group, self.settings)
+        _stop(self.faust)
+        self.restarts += 1
+        self.faust_log = self.logs / f"worker-{self.restarts}.log"
+        self.faust = _spawn("worker", self.settings, self.faust_log)
+        _wait_for_group(group, self.settings, self.faust, self.faust_log, not_members=old_members)
+        return self.faust
+
+    def stop(self) -> None:
+        _stop(self.inference)
+        _stop(self.faust)
+
+
+@pytest.fixture(scope="session")
+def workers(
+    settings: Settings, topics: list[str], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Workers]:
+    """The Faust worker and the inference worker, both with their partitions assigned."""
+    running = Workers(settings, tmp_path_factory.mktemp("logs"))
+    try:
+        running.wait_ready()
+        yield running
     finally:
-        _stop(inference)
-        _stop(faust_worker)
+        running.stop()
+
+
+@pytest.fixture(scope="session")
+def worker(workers: Workers) -> subprocess.Popen[bytes]:
+    """The Faust worker process as first started (see `workers` to restart it)."""
+    return workers.faust
 
 
 def start_bridge(settings: Settings, log: Path) -> subprocess.Popen[bytes]:

@@ -6,7 +6,8 @@ cut to `max_tokens` words, with usage counted in words. When the request forces 
 (`tool_choice` "required" or a named function) the reply is one call of that tool instead.
 
 Failures are scripted: every chat request takes the next `Behaviour` from a queue, and an empty
-queue means success. Every chat request body is recorded in `requests`.
+queue means success. Every chat request body is recorded in `requests`, and the time it came in
+(`time.time()`) at the same index of `received_at`.
 
     async with FakeOpenAIUpstream() as up:              # on the test's own loop
         up.script(Behaviour.error(429, retry_after="2"))
@@ -119,6 +120,7 @@ class FakeOpenAIUpstream:
         self.port = port
         self.model = model
         self.requests: list[dict[str, Any]] = []
+        self.received_at: list[float] = []
         self._default = Behaviour(delay_s=delay_s)
         self._script: deque[Behaviour] = deque()
         self._ids = itertools.count(1)
@@ -135,6 +137,7 @@ class FakeOpenAIUpstream:
     def reset(self) -> None:
         self._script.clear()
         self.requests.clear()
+        self.received_at.clear()
 
     async def start(self) -> Self:
         app = web.Application(client_max_size=64 * 1024 * 1024)
@@ -187,6 +190,7 @@ class FakeOpenAIUpstream:
         if not isinstance(body, dict) or not isinstance(body.get("messages"), list):
             return _error_response(Behaviour.error(400, "'messages' is required"))
         self.requests.append(body)
+        self.received_at.append(time.time())
         behaviour = self._script.popleft() if self._script else self._default
         if behaviour.delay_s:
             await asyncio.sleep(behaviour.delay_s)
@@ -240,6 +244,10 @@ class UpstreamThread:
     @property
     def requests(self) -> list[dict[str, Any]]:
         return self.upstream.requests
+
+    @property
+    def received_at(self) -> list[float]:
+        return self.upstream.received_at
 
     def script(self, *behaviours: Behaviour) -> None:
         self.upstream.script(*behaviours)

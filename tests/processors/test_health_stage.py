@@ -10,6 +10,7 @@ from sluicegate.schemas.models import (
     DeploymentHealth,
     InferenceFailed,
     InferenceResult,
+    ProbeStarted,
     TokenUsage,
 )
 from sluicegate.settings import ResilienceSettings
@@ -76,3 +77,18 @@ def test_state_in_the_store_survives_a_new_stage() -> None:
     again = HealthStage(settings=SETTINGS, store=store)  # a restarted worker, same table
     emitted = again.observe(succeeded(1.0))
     assert emitted[0].event.breaker == "open"  # still cooling down: a late success changes nothing
+
+
+def test_a_started_probe_turns_the_breaker_half_open_with_a_lease() -> None:
+    stage = HealthStage(settings=SETTINGS, store={})
+    for i in range(3):
+        stage.observe(failed(i * 0.1))
+    probe = ProbeStarted(
+        **envelope(occurred_at=T0 + timedelta(seconds=6)), deployment="d", attempt=1
+    )
+    emitted = stage.observe(probe)
+    assert (emitted[0].event.previous_breaker, emitted[0].event.breaker) == ("open", "half_open")
+    lease_end = int((T0 + timedelta(seconds=11)).timestamp() * 1000)
+    assert emitted[0].event.open_until_ms == lease_end
+    closed = stage.observe(succeeded(6.5))
+    assert closed[0].event.breaker == "closed"

@@ -13,6 +13,7 @@ from sluicegate.schemas.models import (
     InferenceFailed,
     InferenceResult,
     InferenceTask,
+    ProbeStarted,
     RequestRejected,
     ResponseReady,
     TokenChunk,
@@ -240,3 +241,23 @@ async def test_failures_cost_nothing() -> None:
         },
     )
     assert not [e for e in await collect(stage, task()) if e.topic == "cost"]
+
+
+async def test_after_the_cool_down_only_one_task_probes_and_the_others_fall_back() -> None:
+    now = int(time.time() * 1000)
+    health = {"local-smollm2": HealthSnapshot("local-smollm2", "open", open_until_ms=now - 1)}
+    backend = ScriptedBackend(words=["ok"])
+    stage = InferenceStage(
+        backends={"local-smollm2": backend}, deployments=DEPLOYMENTS, health=lambda: health
+    )
+    probe = stage.run(task(fallbacks=("third",)))
+    first = await anext(probe)  # the probe is claimed before its call starts
+    assert first.topic == "inference.results" and isinstance(first.event, ProbeStarted)
+    meanwhile = await collect(stage, task(fallbacks=("third",)))
+    assert meanwhile[0].event.error_class == "circuit_open"
+    assert meanwhile[-1].event.deployment == "third"
+    rest = [emit async for emit in probe]
+    assert rest[0].topic == "responses" and backend.calls == 1
+    # The health view moves on (the probe closed the breaker): calls flow again.
+    health["local-smollm2"] = HealthSnapshot("local-smollm2", "closed")
+    assert (await collect(stage, task()))[0].topic == "responses"

@@ -44,6 +44,7 @@ DESIGN_EVENTS = {
     "BudgetAlert",
     "CacheFill",
     "CatalogueUpdated",
+    "ProbeStarted",
 }
 
 

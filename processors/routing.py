@@ -40,7 +40,9 @@ IMAGE_TOKENS: Final = 765
 DEFAULT_COMPLETION_TOKENS: Final = 256
 
 OVERRIDE_KEY: Final = "sluicegate"
-_OVERRIDE_FIELDS: Final = frozenset({"deployment", "strategy"})
+# The `sluicegate` object carries every stage's per-request options; routing reads two of them
+# and must not refuse the others (`cache`: the response cache's opt-in/opt-out).
+_OVERRIDE_FIELDS: Final = frozenset({"deployment", "strategy", "cache"})
 _JSON_MODES: Final = frozenset({"json_object", "json_schema"})
 
 # Capability bits: a deployment is capable when (needs & ~caps) == 0.
@@ -282,7 +284,7 @@ def _override(extra_json: str | None) -> tuple[str | None, RoutingStrategy | Non
     if unknown:
         raise RoutingError(
             "invalid_override",
-            f"unknown `{OVERRIDE_KEY}` routing fields {sorted(unknown)}; "
+            f"unknown `{OVERRIDE_KEY}` fields {sorted(unknown)}; "
             f"known: {sorted(_OVERRIDE_FIELDS)}",
         )
     deployment = override.get("deployment")

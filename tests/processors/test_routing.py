@@ -400,6 +400,9 @@ def test_needs_of_reads_the_override_from_extra_json() -> None:
     assert (result.override_deployment, result.override_strategy) == ("b", "latency")
     assert needs_of(received(extra_json='{"other": 1}')).override_deployment is None
     assert needs_of(received(extra_json='{"sluicegate": null}')).override_strategy is None
+    # Other stages' options share the object: the cache opt-in is not a routing error.
+    cache_only = needs_of(received(extra_json='{"sluicegate": {"cache": true}}'))
+    assert (cache_only.override_deployment, cache_only.override_strategy) == (None, None)
 
 
 @pytest.mark.parametrize(

@@ -15,8 +15,11 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable, Mapping, MutableMapping
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
+
+import numpy as np
 
 from sluicegate.processors.cache import (
     CacheHit,
@@ -41,6 +44,17 @@ from sluicegate.schemas.models import (
 from sluicegate.settings import Settings
 
 PRODUCER = "admission"
+
+
+@dataclass(frozen=True, slots=True)
+class AwaitingEmbedding:
+    """Admission paused before the semantic lookup: embed `text` (off the event loop, ~7 ms on
+    a CPU) and call `resume` with the vector. Only returned when `defer_embedding` is set."""
+
+    text: str
+    resume: Callable[[np.ndarray], list[Emit]]
+
+
 NO_HEALTH: Mapping[str, HealthSnapshot] = {}
 _LIMIT_ERROR_TYPE = {"budget_exceeded": "insufficient_quota"}
 
@@ -57,9 +71,11 @@ class Admission:
         clock_ms: Callable[[], int] = lambda: int(time.time() * 1000),
         router: Router | None = None,
         cache: ResponseCache | None = None,
+        defer_embedding: bool = False,
     ) -> None:
         self._settings = settings
         self._cache = cache
+        self._defer_embedding = defer_embedding
         self._router = router or Router.from_settings(settings)
         self._limiter = Limiter(settings.limits, {} if limits_state is None else limits_state)
         self._health = health
@@ -78,7 +94,7 @@ class Admission:
         router = Router.from_settings(settings)
         self._settings, self._router = settings, router
 
-    def run(self, request: RequestReceived) -> list[Emit]:
+    def run(self, request: RequestReceived) -> list[Emit] | AwaitingEmbedding:
         started = now()
         now_ms = self._clock_ms()
         span_id = new_span_id()
@@ -102,21 +118,31 @@ class Admission:
         )
         if not limit.allowed:
             return self._limited(request, started, span_id, limit)
-        key = self._cache.key(request) if self._cache is not None else None
-        if key is not None:
-            hit = self._lookup(key, now_ms)
+        cache = self._cache
+        key = cache.key(request) if cache is not None else None
+
+        def finish(vector: np.ndarray | None = None) -> list[Emit]:
+            hit = None
+            if cache is not None and key is not None:
+                if vector is not None:
+                    key.vector = vector
+                hit = cache.lookup_exact(key, now_ms=now_ms) or cache.lookup_semantic(
+                    key, now_ms=now_ms
+                )
             if hit is not None:
                 return self._answer_from_cache(request, started, span_id, hit)
-        return self._admit(
-            request, started, span_id, route, needs.tokens_needed, now_ms, limit, key
-        )
+            return self._admit(
+                request, started, span_id, route, needs.tokens_needed, now_ms, limit, key
+            )
 
-    def _lookup(self, key: CacheKey, now_ms: int) -> CacheHit | None:
-        """Exact first (microseconds); the semantic tier embeds the question only on a miss."""
-        assert self._cache is not None
-        return self._cache.lookup_exact(key, now_ms=now_ms) or self._cache.lookup_semantic(
-            key, now_ms=now_ms
-        )
+        if cache is None or key is None or not self._defer_embedding:
+            return finish()
+        # Exact first (microseconds); the semantic tier embeds the question only on a miss.
+        if cache.lookup_exact(key, now_ms=now_ms) is None:
+            text = cache.text_to_embed_for_lookup(key)
+            if text is not None:
+                return AwaitingEmbedding(text, finish)
+        return finish()
 
     def _answer_from_cache(
         self, request: RequestReceived, started: datetime, span_id: str, hit: CacheHit

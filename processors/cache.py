@@ -380,6 +380,23 @@ class ResponseCache:
             return None
         return self.lookup_exact(key, now_ms=now_ms) or self.lookup_semantic(key, now_ms=now_ms)
 
+    def text_to_embed_for_lookup(self, key: CacheKey) -> str | None:
+        """What a semantic lookup of `key` would embed now, or None when it needs no embedding
+        (tier off, no text, a vector already set, or nothing in its scope to compare with).
+        Lets the agent embed off its event loop and hand the vector in via `key.vector`."""
+        if not self._settings.semantic or key.semantic_scope is None or key.vector is not None:
+            return None
+        if self._embed is None or key.semantic_text is None:
+            return None
+        index = self._index(key.scope, key.semantic_scope)
+        return None if index is None or index.size == 0 else key.semantic_text
+
+    def text_to_embed_for_store(self, key: CacheKey) -> str | None:
+        """What storing `key` would embed now (None: nothing), for the same reason."""
+        if not self._settings.semantic or key.semantic_scope is None or key.vector is not None:
+            return None
+        return key.semantic_text if self._embed is not None else None
+
     def lookup_exact(self, key: CacheKey, *, now_ms: int) -> CacheHit | None:
         entry = self._live_entry(key.scope, key.exact, now_ms)
         if entry is None:

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
+
 from sluicegate.processors.cache import CachedAnswer, CacheKey, ResponseCache
 from sluicegate.processors.envelope import Emit
 from sluicegate.schemas.models import CacheFill
@@ -17,8 +19,15 @@ class CacheFiller:
     def __init__(self, *, cache: ResponseCache) -> None:
         self._cache = cache
 
-    def run(self, fill: CacheFill) -> list[Emit]:
-        key = CacheKey.from_dict(json.loads(fill.cache_key_json))
+    def text_to_embed(self, fill: CacheFill) -> str | None:
+        """The question to embed before `run` (None: nothing): the agent does it off its loop.
+        Admission only embeds at lookup when the scope had entries, so a fill usually must."""
+        return self._cache.text_to_embed_for_store(_key(fill))
+
+    def run(self, fill: CacheFill, *, vector: np.ndarray | None = None) -> list[Emit]:
+        key = _key(fill)
+        if vector is not None:
+            key.vector = vector
         answer = CachedAnswer(
             content=fill.content,
             tool_calls_json=fill.tool_calls_json,
@@ -33,3 +42,7 @@ class CacheFiller:
         # The answer's own time: a replayed fill ages exactly like the original did.
         self._cache.store_key(key, answer, now_ms=int(fill.occurred_at.timestamp() * 1000))
         return []
+
+
+def _key(fill: CacheFill) -> CacheKey:
+    return CacheKey.from_dict(json.loads(fill.cache_key_json))

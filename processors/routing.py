@@ -284,8 +284,7 @@ def _override(extra_json: str | None) -> tuple[str | None, RoutingStrategy | Non
     if unknown:
         raise RoutingError(
             "invalid_override",
-            f"unknown `{OVERRIDE_KEY}` fields {sorted(unknown)}; "
-            f"known: {sorted(_OVERRIDE_FIELDS)}",
+            f"unknown `{OVERRIDE_KEY}` fields {sorted(unknown)}; known: {sorted(_OVERRIDE_FIELDS)}",
         )
     deployment = override.get("deployment")
     if deployment is not None and (not isinstance(deployment, str) or not deployment):

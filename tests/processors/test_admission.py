@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from sluicegate.processors.admission import Admission
+from sluicegate.processors.admission import Admission, AwaitingEmbedding
 from sluicegate.processors.cache import ResponseCache
 from sluicegate.processors.cache_fill import CacheFiller
 from sluicegate.processors.health import HealthSnapshot
@@ -169,3 +169,42 @@ def cost_entry(*, usd: float) -> CostEntry:
         usd=usd,
         pricing_version="v1",
     )
+
+
+def test_a_deferred_semantic_lookup_pauses_for_the_embedding_then_hits() -> None:
+    import numpy as np
+
+    vectors = {"Say hi": np.array([1.0, 0.0]), "Say hello": np.array([0.99, 0.14])}
+    settings = limited_settings()
+    cache = ResponseCache(
+        settings.cache.model_copy(update={"similarity_threshold": 0.9}),
+        {},
+        lambda text: vectors[text],
+    )
+    admission = Admission(settings=settings, cache=cache, defer_embedding=True)
+    first = admission.run(request("chat"))
+    assert isinstance(first, list)  # an empty scope: nothing to compare, no embedding needed
+    fill = CacheFill(
+        **envelope(tenant_id="acme"),
+        cache_key_json=first[0].event.cache_key,
+        content="hello",
+        finish_reason="stop",
+        prompt_tokens=3,
+        completion_tokens=1,
+        deployment="a",
+        provider_model="gpt-x",
+        usd=0.001,
+        latency_ms=5.0,
+    )
+    filler = CacheFiller(cache=cache)
+    assert filler.text_to_embed(fill) == "Say hi"
+    filler.run(fill, vector=vectors["Say hi"])
+    paraphrase = request("chat")
+    paraphrase = paraphrase.model_copy(
+        update={"messages": [paraphrase.messages[0].model_copy(update={"content": "Say hello"})]}
+    )
+    paused = admission.run(paraphrase)
+    assert isinstance(paused, AwaitingEmbedding) and paused.text == "Say hello"
+    emits = paused.resume(vectors["Say hello"])
+    assert emits[0].topic == "responses" and emits[0].event.cache_hit
+    assert emits[-1].event.attributes["cache"] == "semantic"

@@ -31,6 +31,7 @@ from sluicegate.processors.inference import InferenceStage
 from sluicegate.processors.rejection import internal_error
 from sluicegate.schemas.models import InferenceTask
 from sluicegate.schemas.serde import AvroSerde
+from sluicegate.serving.event_metrics import serve_metrics
 from sluicegate.serving.kafka_io import AsyncProducer, fetch_ready
 from sluicegate.settings import Catalogue, Settings
 from sluicegate.streams.catalogue_view import CatalogueView
@@ -111,6 +112,9 @@ class InferenceWorker:
         )
         self._producer: AsyncProducer | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        self._metrics, self._metrics_server = serve_metrics(
+            settings.worker.metrics_host, settings.worker.inference_metrics_port
+        )
 
     async def run(self, stop: asyncio.Event) -> None:
         loop = asyncio.get_running_loop()
@@ -140,6 +144,8 @@ class InferenceWorker:
             await loop.run_in_executor(None, self._producer.close)
             await loop.run_in_executor(None, self._health.close)
             await loop.run_in_executor(None, self._catalogue.close)
+            if self._metrics_server is not None:
+                self._metrics_server.close()
             self._fetcher.shutdown(wait=False)
 
     @property
@@ -215,9 +221,11 @@ class InferenceWorker:
 
     def _publish(self, emit: Emit) -> asyncio.Future[None]:
         assert self._producer is not None
-        return self._producer.publish(
+        future = self._producer.publish(
             self._settings.topic(emit.topic), emit.key, self._serde.encode(emit.event)
         )
+        self._metrics.observe(emit)
+        return future
 
     def _dead_letter(self, message: Message, error: BaseException) -> asyncio.Future[None]:
         assert self._producer is not None

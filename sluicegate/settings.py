@@ -174,10 +174,17 @@ class BridgeSettings(BaseModel):
 
 
 class WorkerSettings(BaseModel):
-    """The Faust worker that runs the admission and inference agents."""
+    """The Faust worker (stateful stages) and the inference worker."""
 
     app_id: str = "sluicegate"
     inference_concurrency: int = Field(default=16, ge=1)
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int | None = Field(
+        default=9464, description="Prometheus /metrics of the Faust worker; null: off."
+    )
+    inference_metrics_port: int | None = Field(
+        default=9465, description="Prometheus /metrics of the inference worker; null: off."
+    )
     data_dir: Path = Field(
         default=Path("~/.sluicegate/worker"),
         validate_default=True,

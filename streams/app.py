@@ -48,6 +48,7 @@ from sluicegate.schemas.models import (
     RequestReceived,
 )
 from sluicegate.schemas.serde import AvroSerde
+from sluicegate.serving.event_metrics import EventMetrics
 from sluicegate.settings import Settings
 from sluicegate.streams.catalogue_view import CatalogueView
 from sluicegate.streams.dlq import dead_letter
@@ -59,10 +60,18 @@ log = logging.getLogger(__name__)
 class Publisher:
     """Encodes and sends Emits on the app's producer; topic objects are made once per name."""
 
-    def __init__(self, *, app: faust.App, settings: Settings, serde: AvroSerde) -> None:
+    def __init__(
+        self,
+        *,
+        app: faust.App,
+        settings: Settings,
+        serde: AvroSerde,
+        metrics: EventMetrics | None = None,
+    ) -> None:
         self._app = app
         self._settings = settings
         self._serde = serde
+        self._metrics = metrics
         self._topics: dict[str, Any] = {}
 
     def topic(self, full_name: str) -> Any:
@@ -88,6 +97,8 @@ class Publisher:
             timestamp=None,
             headers=None,
         )
+        if self._metrics is not None:
+            self._metrics.observe(emit)
 
     async def dead_letter(self, event: EventT, error: BaseException, stage: str) -> None:
         message = event.message
@@ -141,6 +152,7 @@ def create_app(
     health_view: HealthView | None = None,
     embedder: Embedder | None = None,
     catalogue_view: CatalogueView | None = None,
+    metrics: EventMetrics | None = None,
 ) -> faust.App:
     """The app; `health_view` (started by the caller) gives routing the breakers' state and
     `embedder` the cache its semantic tier (None: exact tier only)."""
@@ -161,7 +173,7 @@ def create_app(
         broker_commit_interval=1.0,
         stream_wait_empty=False,
     )
-    publisher = Publisher(app=app, settings=settings, serde=serde)
+    publisher = Publisher(app=app, settings=settings, serde=serde, metrics=metrics)
     limits = _table(app, settings, "limits")
     health_table = _table(app, settings, "health")
     cache = None

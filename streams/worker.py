@@ -13,6 +13,7 @@ import faust
 from sluicegate.connectors.embeddings import build_embedder
 from sluicegate.connectors.inference import build_backend
 from sluicegate.connectors.schema_registry import build_serde
+from sluicegate.serving.event_metrics import serve_metrics
 from sluicegate.serving.inference_worker import serve
 from sluicegate.settings import Settings
 from sluicegate.streams.app import create_app
@@ -29,6 +30,9 @@ def run_worker(settings: Settings, *, loglevel: str = "INFO") -> None:
     health_view = HealthView(settings=settings, serde=serde)
     catalogue_view = CatalogueView(settings=settings, serde=serde)
     health_view.start()
+    metrics, metrics_server = serve_metrics(
+        settings.worker.metrics_host, settings.worker.metrics_port
+    )
     try:
         embedder = build_embedder(settings.cache)
         app = create_app(
@@ -37,6 +41,7 @@ def run_worker(settings: Settings, *, loglevel: str = "INFO") -> None:
             health_view=health_view,
             embedder=embedder,
             catalogue_view=catalogue_view,
+            metrics=metrics,
         )
         catalogue_view.start()  # after create_app subscribed: a published catalogue applies now
         worker = faust.Worker(app, loglevel=loglevel, quiet=True)
@@ -44,6 +49,8 @@ def run_worker(settings: Settings, *, loglevel: str = "INFO") -> None:
     finally:
         catalogue_view.close()
         health_view.close()
+        if metrics_server is not None:
+            metrics_server.close()
 
 
 def run_inference(settings: Settings) -> None:

@@ -131,6 +131,8 @@ def settings(
             app_id=f"sluicegate-test-{run}",
             inference_concurrency=8,
             data_dir=tmp_path_factory.mktemp("worker"),
+            metrics_port=free_port(),
+            inference_metrics_port=free_port(),
         ),
         deployments=[
             Deployment(

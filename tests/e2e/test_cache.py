@@ -45,6 +45,8 @@ def cache_settings(settings: Settings, tmp_path_factory: pytest.TempPathFactory)
                 app_id=f"sluicegate-cache-{run}",
                 inference_concurrency=4,
                 data_dir=tmp_path_factory.mktemp("cache-worker"),
+                metrics_port=None,
+                inference_metrics_port=None,
             ),
             "bridge": BridgeSettings(port=free_port(), request_timeout_s=60),
             # 0.9: paraphrases of one question score ~0.94 with all-MiniLM-L6-v2.

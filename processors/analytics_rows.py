@@ -3,16 +3,25 @@
 No I/O here: the sink (`serving/analytics_sink.py`) decodes records, calls `rows_for` and inserts
 what it returns. Columns follow `connectors/analytics_ddl/`: the envelope first, then the
 event's own fields. The bytes of a DeadLetter are not kept (the `.dlq` topic has them).
+
+Not stored: InferenceTask (the attempt it starts is stored as its outcome in
+`inference_results`, and its prompt is already in `requests`), and ProbeStarted (the
+half-open probe it announces is the `open → half_open` row the health agent writes to
+`deployment_health` in answer to it; as an `inference_results` row it would count as an
+attempt that has no outcome).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from datetime import UTC, date, datetime
 from typing import Any
 
 from sluicegate.schemas.models import (
+    BudgetAlert,
     CostEntry,
     DeadLetter,
+    DeploymentHealth,
     Event,
     InferenceFailed,
     InferenceResult,
@@ -64,6 +73,8 @@ def response_row(event: ResponseReady) -> Row:
         "error_type": "",
         "error_code": None,
         "error_message": "",
+        "retry_after_s": None,
+        "headers": {},
     }
 
 
@@ -85,6 +96,8 @@ def rejection_row(event: RequestRejected) -> Row:
         "error_type": event.error_type,
         "error_code": event.code,
         "error_message": event.message,
+        "retry_after_s": event.retry_after_s,
+        "headers": dict(event.headers),
     }
 
 
@@ -166,6 +179,35 @@ def dead_letter_row(event: DeadLetter) -> Row:
     }
 
 
+def deployment_health_row(event: DeploymentHealth) -> Row:
+    open_until = event.open_until_ms
+    return {
+        **envelope(event),
+        "deployment": event.deployment,
+        "breaker": event.breaker,
+        "previous_breaker": event.previous_breaker,
+        "open_until": None
+        if open_until is None
+        else datetime.fromtimestamp(open_until / 1000, tz=UTC),
+        "latency_ewma_ms": event.latency_ewma_ms,
+        "ttft_ewma_ms": event.ttft_ewma_ms,
+        "reason": event.reason,
+    }
+
+
+def budget_alert_row(event: BudgetAlert) -> Row:
+    return {
+        **envelope(event),
+        "subject_kind": event.subject_kind,
+        "subject_id": event.subject_id,
+        "period": event.period,
+        "period_start": date.fromisoformat(event.period_start),
+        "threshold": event.threshold,
+        "budget_usd": event.budget_usd,
+        "spent_usd": event.spent_usd,
+    }
+
+
 MAPPERS: dict[type[Event], tuple[str, Callable[[Any], Row]]] = {
     RequestReceived: ("requests", request_row),
     ResponseReady: ("responses", response_row),
@@ -175,6 +217,8 @@ MAPPERS: dict[type[Event], tuple[str, Callable[[Any], Row]]] = {
     Span: ("spans", span_row),
     CostEntry: ("cost", cost_row),
     DeadLetter: ("dead_letters", dead_letter_row),
+    DeploymentHealth: ("deployment_health", deployment_health_row),
+    BudgetAlert: ("budget_alerts", budget_alert_row),
 }
 
 TABLES = tuple(sorted({table for table, _ in MAPPERS.values()}))

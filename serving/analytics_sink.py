@@ -42,7 +42,7 @@ from sluicegate.streams.topics import catalogue
 
 log = logging.getLogger(__name__)
 
-SOURCE_TOPICS = ("requests", "responses", "inference.results", "traces", "cost")
+SOURCE_TOPICS = ("requests", "responses", "inference.results", "traces", "cost", "health", "alerts")
 
 
 def sink_topics(settings: Settings) -> list[str]:

@@ -3,9 +3,10 @@ query shipped in docs/analytics.md, and idempotency under a redelivered batch.""
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Iterator
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -20,9 +21,11 @@ from sluicegate.errors import AnalyticsError
 from sluicegate.processors.analytics_rows import rows_for
 from sluicegate.processors.envelope import now
 from sluicegate.schemas.models import (
+    BudgetAlert,
     ChatMessage,
     CostEntry,
     DeadLetter,
+    DeploymentHealth,
     Event,
     InferenceFailed,
     InferenceResult,
@@ -39,8 +42,13 @@ from tests.builders import envelope
 pytestmark = pytest.mark.integration
 
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "analytics.md"
-# All events in one minute a minute ago, so per-minute and per-day groups are single groups.
-BASE = now().replace(second=0, microsecond=0) - timedelta(minutes=1)
+# All events in one minute a minute ago, so per-minute and per-day groups are single groups;
+# never before today's midnight (UTC), so "today" and "this month" hold them all.
+_NOW = now()
+BASE = max(
+    _NOW.replace(second=0, microsecond=0) - timedelta(minutes=1),
+    _NOW.replace(hour=0, minute=0, second=0, microsecond=0),
+)
 
 
 def shipped_queries() -> dict[str, str]:
@@ -58,12 +66,36 @@ def _at(seconds: int, **overrides: object) -> dict:
 
 
 def dataset() -> list[Event]:
-    """acme/gpt-fake: 4 requests, 3 answered by `fake` (10, 20, 30 ms), 1 rejected 429;
-    beta/smollm2: 1 request answered from the cache by `local`."""
+    """acme/gpt-fake: 5 requests. acme-0 answered by `fake` at once; acme-1 after a retry on
+    `fake` (503 first); acme-2 after a fallback from `other` (timeout) to `fake`; acme-3 given up
+    after a 429 from `fake`; acme-4 refused at admission by the rate limiter. Answers take 10,
+    20, 30 ms. beta/smollm2: 1 request answered from the cache. Plus breaker moves of `other`
+    (one reprocessed), a latency update of `fake`, budget alerts for key k1 (one reprocessed),
+    and a dead letter."""
     usage = TokenUsage(prompt_tokens=5, completion_tokens=7, total_tokens=12)
     answer = ChatMessage(role="assistant", content="ok")
     events: list[Event] = []
-    for i, latency in enumerate((10.0, 20.0, 30.0, None)):
+    # request → (admission span attributes, failed attempts before the answer, cost attribution)
+    routes = {
+        0: ({"strategy": "priority", "deployment": "fake", "fallbacks": "other"}, []),
+        1: (
+            {"strategy": "priority", "deployment": "fake", "fallbacks": "other"},
+            [("fake", "server_error", 503)],
+        ),
+        2: (
+            {
+                "strategy": "latency",
+                "deployment": "other",
+                "fallbacks": "fake",
+                "skipped": "slow: breaker open",
+            },
+            [("other", "timeout", None)],
+        ),
+        3: ({"strategy": "priority", "deployment": "fake", "fallbacks": ""}, []),
+    }
+    spend = {0: ("k1", "u1", "chat", 0.001), 1: ("k1", "u2", "chat", 0.002)}
+    spend[2] = ("k2", "u1", "search", 0.004)
+    for i, latency in enumerate((10.0, 20.0, 30.0, None, None)):
         rid = f"acme-{i}"
         events.append(
             RequestReceived(
@@ -73,12 +105,61 @@ def dataset() -> list[Event]:
                 params=SamplingParams(temperature=0.0),
             )
         )
+        if i == 4:
+            events.append(
+                RequestRejected(
+                    **_at(i + 1, tenant_id="acme", request_id=rid),
+                    stage="admission",
+                    error_type="rate_limit_error",
+                    code="rate_limit_exceeded",
+                    message="key k1: 4 requests/min",
+                    http_status=429,
+                    retry_after_s=1.5,
+                    headers={"x-ratelimit-limit-requests": "4"},
+                )
+            )
+            events.append(
+                Span(
+                    **_at(i, tenant_id="acme", request_id=rid),
+                    name="admission",
+                    start_ms=BASE,
+                    end_ms=BASE + timedelta(milliseconds=2),
+                    status="error",
+                    attributes={"decision": "rejected:rate_limit_exceeded"},
+                )
+            )
+            continue
+        attributes, failures = routes[i]
+        events.append(
+            Span(
+                **_at(i, tenant_id="acme", request_id=rid),
+                name="admission",
+                start_ms=BASE,
+                end_ms=BASE + timedelta(milliseconds=2),
+                status="ok",
+                attributes=attributes,
+            )
+        )
+        for attempt, (deployment, error_class, status_code) in enumerate(failures, start=1):
+            events.append(
+                InferenceFailed(
+                    **_at(i + 1, tenant_id="acme", request_id=rid),
+                    deployment=deployment,
+                    error_class=error_class,
+                    message=error_class,
+                    status_code=status_code,
+                    retriable=True,
+                    latency_ms=50.0,
+                    attempt=attempt,
+                )
+            )
         if latency is None:
             events.append(
                 RequestRejected(
                     **_at(i + 1, tenant_id="acme", request_id=rid),
                     stage="inference",
                     error_type="rate_limit_error",
+                    code="rate_limited",
                     message="slow down",
                     http_status=429,
                 )
@@ -115,17 +196,24 @@ def dataset() -> list[Event]:
                 finish_reason="stop",
                 usage=usage,
                 latency_ms=latency,
+                ttft_ms=latency / 5,
+                attempt=len(failures) + 1,
             )
         )
+        key, user, feature, usd = spend[i]
         events.append(
             CostEntry(
                 **_at(i + 1, tenant_id="acme", request_id=rid),
                 model="gpt-fake",
                 deployment="fake",
+                api_key_id=key,
                 prompt_tokens=5,
                 completion_tokens=7,
-                usd=0.001,
+                usd=usd,
                 pricing_version="v1",
+                user=user,
+                feature=feature,
+                estimated_tokens=16,
             )
         )
         events.append(
@@ -161,6 +249,30 @@ def dataset() -> list[Event]:
         )
     )
     events.append(
+        CostEntry(
+            **_at(11, tenant_id="beta", request_id="beta-0"),
+            model="smollm2-135m",
+            deployment="local",
+            api_key_id="kb",
+            prompt_tokens=0,
+            completion_tokens=0,
+            usd=0.0,
+            pricing_version="cache",
+            cache_hit=True,
+            usd_saved=0.02,
+        )
+    )
+    events.append(
+        Span(
+            **_at(10, tenant_id="beta", request_id="beta-0"),
+            name="admission",
+            start_ms=BASE,
+            end_ms=BASE + timedelta(milliseconds=2),
+            status="ok",
+            attributes={"cache": "exact", "similarity": "1.0000", "deployment": "local"},
+        )
+    )
+    events.append(
         DeadLetter(
             **_at(12),
             original_topic="sg.requests",
@@ -172,7 +284,81 @@ def dataset() -> list[Event]:
             stage="admission",
         )
     )
+    events += health_events() + budget_events()
     return events
+
+
+OPENED = "timeout: 1/1 failures in the window"
+PROBED = "half-open probe sent; slot leased for 30000 ms"
+REOPENED = "probe failed with timeout; open again for another cool-down"
+
+
+def _health(seconds: int, cause: str, previous: str, breaker: str, **fields: object) -> Event:
+    return DeploymentHealth(
+        **_at(seconds, tenant_id="acme", request_id="acme-2", parent_span_id=cause),
+        previous_breaker=previous,
+        breaker=breaker,
+        **fields,
+    )
+
+
+def health_events() -> list[Event]:
+    """`other` opens (the opening reprocessed: same cause, second copy), is probed, the probe
+    fails and it opens again; `fake` only reports its latency."""
+    ms = int(BASE.timestamp() * 1000)
+    opened = {
+        "deployment": "other",
+        "open_until_ms": ms + 33_000,
+        "reason": OPENED,
+    }
+    return [
+        _health(3, "cause-a", "closed", "open", **opened),
+        _health(9, "cause-a", "closed", "open", **opened),  # reprocessed: one transition
+        _health(
+            4,
+            "cause-b",
+            "closed",
+            "closed",
+            deployment="fake",
+            latency_ewma_ms=20.0,
+            ttft_ewma_ms=4.0,
+            reason="success",
+        ),
+        _health(
+            40,
+            "cause-c",
+            "open",
+            "half_open",
+            deployment="other",
+            open_until_ms=ms + 70_000,
+            reason=PROBED,
+        ),
+        _health(
+            41,
+            "cause-d",
+            "half_open",
+            "open",
+            deployment="other",
+            open_until_ms=ms + 71_000,
+            reason=REOPENED,
+        ),
+    ]
+
+
+def budget_events() -> list[Event]:
+    """Key k1's daily budget of 0.003 USD: 50% crossed (alert reprocessed), then 100%."""
+    crossing = {
+        "subject_kind": "key",
+        "subject_id": "k1",
+        "period": "day",
+        "period_start": BASE.date().isoformat(),
+        "budget_usd": 0.003,
+    }
+    return [
+        BudgetAlert(**_at(2, tenant_id="acme"), **crossing, threshold=0.5, spent_usd=0.001),
+        BudgetAlert(**_at(8, tenant_id="acme"), **crossing, threshold=0.5, spent_usd=0.001),
+        BudgetAlert(**_at(3, tenant_id="acme"), **crossing, threshold=1.0, spent_usd=0.003),
+    ]
 
 
 def insert_all(store: AnalyticsSink, events: list[Event]) -> None:
@@ -221,6 +407,16 @@ def test_migrations_apply_once_in_order_and_are_recorded(store: ClickHouseAnalyt
         "v_errors_per_deployment_hour",
         "v_requests_per_tenant_model_day",
         "v_cost_per_tenant_model_day",
+        "deployment_health",
+        "budget_alerts",
+        "v_spend_per_key_day",
+        "v_spend_per_feature_day",
+        "v_rejections_per_code_hour",
+        "v_breaker_transitions",
+        "v_attempts_per_deployment_hour",
+        "v_request_attempts",
+        "v_routing_per_strategy_day",
+        "v_budget_crossings",
     } <= tables
 
 
@@ -231,8 +427,11 @@ def check_answers(store: ClickHouseAnalytics) -> None:
     day = BASE.date()
 
     spend = ran.pop("spend_per_tenant_model_last_7_days")
-    assert [(r["tenant_id"], r["model"], r["entries"]) for r in spend] == [("acme", "gpt-fake", 3)]
-    assert spend[0]["usd"] == pytest.approx(0.003)
+    assert [(r["tenant_id"], r["model"], r["entries"]) for r in spend] == [
+        ("acme", "gpt-fake", 3),
+        ("beta", "smollm2-135m", 1),
+    ]
+    assert [r["usd"] for r in spend] == [pytest.approx(0.007), 0.0]
 
     p95 = ran.pop("p95_latency_per_deployment_last_hour")
     assert [(r["deployment"], r["responses"], r["p95_ms"]) for r in p95] == [("fake", 3, 30.0)]
@@ -245,17 +444,20 @@ def check_answers(store: ClickHouseAnalytics) -> None:
     assert hits[1]["usd_saved"] == pytest.approx(0.02)
 
     errors = ran.pop("error_rate_per_deployment_last_day")
-    assert [(r["deployment"], r["n_attempts"], r["n_failures"]) for r in errors] == [("fake", 4, 1)]
-    assert errors[0]["error_rate"] == pytest.approx(0.25)
+    assert [(r["deployment"], r["n_attempts"], r["n_failures"]) for r in errors] == [
+        ("fake", 5, 2),
+        ("other", 1, 1),
+    ]
+    assert [r["error_rate"] for r in errors] == [pytest.approx(0.4), 1.0]
 
     rejections = ran.pop("rejections_by_status")
     assert [(r["http_status"], r["error_type"], r["rejected"]) for r in rejections] == [
-        (429, "rate_limit_error", 1)
+        (429, "rate_limit_error", 2)
     ]
 
     per_day = ran.pop("requests_per_tenant_model_day")
     assert [tuple(r.values()) for r in per_day] == [
-        (day, "acme", "gpt-fake", 4, 3, 1, 15, 21),
+        (day, "acme", "gpt-fake", 5, 3, 2, 15, 21),
         (day, "beta", "smollm2-135m", 1, 1, 0, 2, 3),
     ]
 
@@ -265,19 +467,157 @@ def check_answers(store: ClickHouseAnalytics) -> None:
     ]
 
     journey = ran.pop("request_journey")
-    assert len(journey) == 5
-    assert {r["request_id"] for r in journey} == {"acme-0", "acme-1", "acme-2", "acme-3", "beta-0"}
+    assert len(journey) == 6
+    assert {r["request_id"] for r in journey} == {f"acme-{i}" for i in range(5)} | {"beta-0"}
     assert all(r["end_to_end_ms"] == 1000 for r in journey)
-    assert {r["request_id"]: r["http_status"] for r in journey}["acme-3"] == 429
+    statuses = {r["request_id"]: r["http_status"] for r in journey}
+    assert statuses["acme-3"] == statuses["acme-4"] == 429
 
     spans = ran.pop("p95_span_duration_by_stage")
-    assert [(r["name"], r["spans"], r["p95_ms"]) for r in spans] == [("inference", 3, 30.0)]
+    assert [(r["name"], r["spans"], r["p95_ms"]) for r in spans] == [
+        ("inference", 3, 30.0),
+        ("admission", 6, 2.0),
+    ]
 
     letters = ran.pop("dead_letters_by_stage")
     assert [tuple(r.values()) for r in letters] == [
         ("sg.requests", "admission", "SerializationError", 1)
     ]
+
+    check_gateway_answers(ran)
     assert ran == {}, f"shipped queries without a checked answer: {sorted(ran)}"
+
+
+def _t(seconds: int) -> datetime:
+    """BASE + seconds as chDB returns a DateTime64('UTC'): naive, in UTC."""
+    return (BASE + timedelta(seconds=seconds)).replace(tzinfo=None)
+
+
+def check_gateway_answers(ran: dict[str, list[dict]]) -> None:
+    """The shipped gateway queries (popped from `ran` as they are checked)."""
+    keys = ran.pop("top_keys_by_spend_today")
+    assert [tuple(r.values()) for r in keys] == [
+        ("acme", "k2", 1, 12, pytest.approx(0.004), 0, 0.0),
+        ("acme", "k1", 2, 24, pytest.approx(0.003), 0, 0.0),
+        ("beta", "kb", 1, 0, 0.0, 1, pytest.approx(0.02)),
+    ]
+
+    features = ran.pop("spend_per_feature_user_this_month")
+    assert [tuple(r.values()) for r in features] == [
+        ("acme", "search", "u1", 1, 12, pytest.approx(0.004)),
+        ("acme", "chat", "u2", 1, 12, pytest.approx(0.002)),
+        ("acme", "chat", "u1", 1, 12, pytest.approx(0.001)),
+        ("beta", None, None, 1, 0, 0.0),
+    ]
+
+    savings = ran.pop("cache_savings_per_tenant_this_month")
+    assert [tuple(r.values()) for r in savings] == [
+        ("beta", 1, 1, 0.0, pytest.approx(0.02)),
+        ("acme", 3, 0, pytest.approx(0.007), 0.0),
+    ]
+
+    limited = ran.pop("rate_limited_per_tenant_last_hour")
+    assert [tuple(r.values()) for r in limited] == [
+        ("acme", "admission", "rate_limit_exceeded", 1, 1.5),
+        ("acme", "inference", "rate_limited", 1, None),
+    ]
+
+    codes = ran.pop("rejections_per_code_last_day")
+    assert [tuple(r.values()) for r in codes] == [
+        ("admission", "rate_limit_exceeded", 429, 1),
+        ("inference", "rate_limited", 429, 1),
+    ]
+
+    openings = ran.pop("breaker_openings_per_deployment_today")
+    assert [tuple(r.values()) for r in openings] == [("other", 2, 1, _t(41), REOPENED)]
+
+    moves = ran.pop("breaker_transitions_today")
+    assert [tuple(r.values())[:5] for r in moves] == [
+        (_t(3), "other", "closed", "open", _t(33)),  # the reprocessed copy (at +9 s) collapsed
+        (_t(40), "other", "open", "half_open", _t(70)),
+        (_t(41), "other", "half_open", "open", _t(71)),
+    ]
+    assert moves[0]["reason"] == OPENED
+
+    health = ran.pop("deployment_health_now")
+    assert [tuple(r.values()) for r in health] == [
+        ("fake", "closed", None, 20.0, _t(4)),
+        ("other", "open", _t(71), None, _t(41)),
+    ]
+
+    share = ran.pop("retry_or_fallback_share_per_deployment_last_day")
+    assert [tuple(r.values())[:5] for r in share] == [("fake", 3, 1, 0, 2), ("other", 1, 0, 1, 1)]
+    assert [r["share"] for r in share] == [pytest.approx(1 / 3), 1.0]
+
+    failures = ran.pop("failures_per_deployment_class_last_day")
+    assert [tuple(r.values()) for r in failures] == [
+        ("fake", 5, 2, 2, {"rate_limited": 1, "server_error": 1}),
+        ("other", 1, 0, 1, {"timeout": 1}),
+    ]
+
+    routing = ran.pop("routing_per_strategy_last_7_days")
+    assert [tuple(r.values()) for r in routing] == [
+        ("priority", "fake", 3, 2, 0),
+        ("latency", "other", 1, 1, 1),
+    ]
+
+    alerts = ran.pop("budget_alerts_today")
+    assert [tuple(r.values()) for r in alerts] == [
+        (_t(2), "acme", "key", "k1", "day", 0.5, 0.003, 0.001, 2),
+        (_t(3), "acme", "key", "k1", "day", 1.0, 0.003, 0.003, 1),
+    ]
+
+
+def check_gateway_views(store: ClickHouseAnalytics) -> None:
+    """Every column of the views added by 0004_gateway, on the whole data set."""
+
+    def view(sql: str) -> list[tuple]:
+        return [tuple(r.values()) for r in rows(store.query(sql, readonly=True))]
+
+    day, hour = BASE.date(), BASE.replace(minute=0, tzinfo=None)
+    assert view("SELECT * FROM v_spend_per_key_day ORDER BY api_key_id") == [
+        (day, "acme", "k1", 2, 0, 10, 14, 24, pytest.approx(0.003), 0.0),
+        (day, "acme", "k2", 1, 0, 5, 7, 12, pytest.approx(0.004), 0.0),
+        (day, "beta", "kb", 1, 1, 0, 0, 0, 0.0, pytest.approx(0.02)),
+    ]
+    assert view("SELECT * FROM v_spend_per_feature_day ORDER BY tenant_id, feature, user") == [
+        (day, "acme", "chat", "u1", 1, 0, 12, pytest.approx(0.001), 0.0),
+        (day, "acme", "chat", "u2", 1, 0, 12, pytest.approx(0.002), 0.0),
+        (day, "acme", "search", "u1", 1, 0, 12, pytest.approx(0.004), 0.0),
+        (day, "beta", None, None, 1, 1, 0, 0.0, pytest.approx(0.02)),
+    ]
+    assert view("SELECT * FROM v_rejections_per_code_hour ORDER BY stage") == [
+        (hour, "acme", "admission", "rate_limit_exceeded", 429, 1),
+        (hour, "acme", "inference", "rate_limited", 429, 1),
+    ]
+    assert view("SELECT * FROM v_breaker_transitions ORDER BY at") == [
+        (_t(3), "other", "closed", "open", _t(33), OPENED, "acme", "acme-2"),
+        (_t(40), "other", "open", "half_open", _t(70), PROBED, "acme", "acme-2"),
+        (_t(41), "other", "half_open", "open", _t(71), REOPENED, "acme", "acme-2"),
+    ]
+    attempts = view("SELECT * FROM v_attempts_per_deployment_hour ORDER BY deployment")
+    assert attempts[0] == (hour, "fake", 5, 2, 2, {"rate_limited": 1, "server_error": 1}, 30.0, 6.0)
+    assert attempts[1][:6] == (hour, "other", 1, 0, 1, {"timeout": 1})
+    assert math.isnan(attempts[1][6]) and attempts[1][7] is None  # no successful attempt
+    assert view("SELECT * FROM v_request_attempts ORDER BY request_id") == [
+        ("acme-0", "acme", _t(1), "fake", "fake", 1, 1, False, False, True),
+        ("acme-1", "acme", _t(2), "fake", "fake", 2, 1, True, False, True),
+        ("acme-2", "acme", _t(3), "other", "fake", 2, 2, False, True, True),
+        ("acme-3", "acme", _t(4), "fake", "fake", 1, 1, False, False, False),
+    ]
+    assert view("SELECT * FROM v_routing_per_strategy_day ORDER BY strategy") == [
+        (day, "acme", "latency", "other", 1, 1, 1),
+        (day, "acme", "priority", "fake", 3, 2, 0),
+    ]
+    assert view("SELECT * FROM v_budget_crossings ORDER BY threshold") == [
+        ("acme", "key", "k1", "day", day, 0.5, _t(2), 0.003, 0.001, 2),
+        ("acme", "key", "k1", "day", day, 1.0, _t(3), 0.003, 0.003, 1),
+    ]
+    # What a rejection told the caller is kept with it.
+    assert view(
+        "SELECT request_id, retry_after_s, headers FROM responses FINAL "
+        "WHERE status = 'rejected' ORDER BY request_id"
+    ) == [("acme-3", None, {}), ("acme-4", 1.5, {"x-ratelimit-limit-requests": "4"})]
 
 
 DATASET = dataset()
@@ -287,6 +627,7 @@ def test_every_view_and_shipped_query_answers_right(store: ClickHouseAnalytics) 
     store.migrate()
     insert_all(store, DATASET)
     check_answers(store)
+    check_gateway_views(store)
 
 
 def test_a_redelivered_batch_does_not_double_count(store: ClickHouseAnalytics) -> None:
@@ -302,6 +643,7 @@ def test_a_redelivered_batch_does_not_double_count(store: ClickHouseAnalytics) -
         "SELECT uniqExact(event_id) FROM requests WHERE request_id = 'acme-0'"
     ).rows == [(1,)]
     check_answers(store)
+    check_gateway_views(store)
 
 
 def test_readonly_queries_cannot_write(store: ClickHouseAnalytics) -> None:

@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import UTC, date, datetime, timedelta
 
 import pytest
 
 from sluicegate.processors.analytics_rows import ENVELOPE, TABLES, rows_for
 from sluicegate.schemas.models import (
+    BudgetAlert,
     ChatMessage,
     CostEntry,
     DeadLetter,
+    DeploymentHealth,
     InferenceFailed,
     InferenceResult,
+    InferenceTask,
+    ProbeStarted,
     RequestAdmitted,
     RequestReceived,
     RequestRejected,
@@ -94,6 +98,27 @@ def test_response_ready_and_rejection_share_one_shape() -> None:
     assert (bad["status"], bad["http_status"], bad["stage"]) == ("rejected", 429, "inference")
     assert (bad["error_type"], bad["error_code"]) == ("rate_limit_error", "rate_limited")
     assert bad["error_message"] == "slow down" and bad["latency_ms"] is None
+    assert (ok["retry_after_s"], ok["headers"]) == (None, {})
+
+
+def test_rejection_keeps_what_the_caller_was_told() -> None:
+    rejected = RequestRejected(
+        **envelope(),
+        stage="admission",
+        error_type="rate_limit_error",
+        code="tokens_limit_exceeded",
+        message="key k1: 1000 tokens/min",
+        http_status=429,
+        retry_after_s=2.5,
+        headers={"x-ratelimit-remaining-tokens": "0", "retry-after": "3"},
+    )
+    _, row = rows_for(rejected)
+    assert (row["stage"], row["error_code"], row["retry_after_s"]) == (
+        "admission",
+        "tokens_limit_exceeded",
+        2.5,
+    )
+    assert row["headers"] == {"x-ratelimit-remaining-tokens": "0", "retry-after": "3"}
 
 
 def test_inference_result_and_failure_share_one_shape() -> None:
@@ -185,8 +210,90 @@ def test_dead_letter_drops_the_bytes() -> None:
     assert not any(isinstance(v, bytes) for v in row.values())
 
 
+def test_cost_entry_attribution_and_cache_savings() -> None:
+    event = CostEntry(
+        **envelope(),
+        model="gpt-fake",
+        deployment="fake",
+        api_key_id="k1",
+        prompt_tokens=0,
+        completion_tokens=0,
+        usd=0.0,
+        pricing_version="cache",
+        user="u1",
+        feature="search",
+        estimated_tokens=40,
+        cache_hit=True,
+        usd_saved=0.02,
+    )
+    _, row = rows_for(event)
+    assert (row["api_key_id"], row["user"], row["feature"]) == ("k1", "u1", "search")
+    assert (row["estimated_tokens"], row["cache_hit"], row["usd_saved"]) == (40, True, 0.02)
+
+
+def test_deployment_health_open_until_becomes_a_timestamp() -> None:
+    until = datetime(2026, 11, 24, 12, 0, 30, 250_000, tzinfo=UTC)
+    event = DeploymentHealth(
+        **envelope(parent_span_id="b" * 16),
+        deployment="fake",
+        breaker="open",
+        previous_breaker="closed",
+        open_until_ms=int(until.timestamp() * 1000),
+        latency_ewma_ms=None,
+        ttft_ewma_ms=12.5,
+        reason="server_error: 5/5 failures in the window",
+    )
+    table, row = rows_for(event)
+    assert table == "deployment_health"
+    _envelope_kept(event, row)
+    assert row["parent_span_id"] == "b" * 16  # the cause: how reprocessed copies are collapsed
+    assert (row["deployment"], row["previous_breaker"], row["breaker"]) == (
+        "fake",
+        "closed",
+        "open",
+    )
+    assert row["open_until"] == until
+    assert (row["latency_ewma_ms"], row["ttft_ewma_ms"]) == (None, 12.5)
+    assert row["reason"] == "server_error: 5/5 failures in the window"
+
+    closed = event.model_copy(update={"breaker": "closed", "open_until_ms": None})
+    assert rows_for(closed)[1]["open_until"] is None
+
+
+def test_budget_alert_period_start_becomes_a_date() -> None:
+    event = BudgetAlert(
+        **envelope(),
+        subject_kind="key",
+        subject_id="k1",
+        period="month",
+        period_start="2026-11-01",
+        threshold=0.8,
+        budget_usd=100.0,
+        spent_usd=80.5,
+    )
+    table, row = rows_for(event)
+    assert table == "budget_alerts"
+    _envelope_kept(event, row)
+    assert (row["subject_kind"], row["subject_id"], row["period"]) == ("key", "k1", "month")
+    assert row["period_start"] == date(2026, 11, 1)
+    assert (row["threshold"], row["budget_usd"], row["spent_usd"]) == (0.8, 100.0, 80.5)
+
+
 def test_events_analytics_does_not_store() -> None:
     assert rows_for(RequestAdmitted(**envelope(), model="m")) is None
+    # The probe is stored as the open → half_open DeploymentHealth it causes; the task as its
+    # outcome in inference_results.
+    assert rows_for(ProbeStarted(**envelope(), deployment="fake", attempt=2)) is None
+    task = InferenceTask(
+        **envelope(),
+        model="m",
+        deployment="fake",
+        provider_model="fake-model",
+        pool="default",
+        messages=[ChatMessage(role="user", content="hi")],
+        params=SamplingParams(),
+    )
+    assert rows_for(task) is None
     assert set(TABLES) == {
         "requests",
         "responses",
@@ -194,4 +301,6 @@ def test_events_analytics_does_not_store() -> None:
         "spans",
         "cost",
         "dead_letters",
+        "deployment_health",
+        "budget_alerts",
     }

@@ -15,7 +15,7 @@ from confluent_kafka import Consumer, TopicPartition
 from sluicegate.connectors.analytics import QueryResult
 from sluicegate.connectors.schema_registry import build_serde
 from sluicegate.errors import AnalyticsError
-from sluicegate.serving.analytics_sink import AnalyticsSinkWorker
+from sluicegate.serving.analytics_sink import AnalyticsSinkWorker, sink_topics
 from sluicegate.settings import AnalyticsSettings, Settings
 from tests.builders import request
 from tests.topics_io import produce
@@ -100,3 +100,9 @@ def test_commits_only_after_a_successful_insert(settings: Settings, topics: list
     assert worker.stats.insert_failures >= 3
     rows = [r for r in store.rows["requests"] if r["event_id"] in wanted]
     assert sorted(r["request_id"] for r in rows) == sorted(e.request_id for e in mine)
+
+
+def test_the_sink_reads_the_gateway_topics_but_not_the_tasks(settings: Settings) -> None:
+    names = set(sink_topics(settings))
+    assert {settings.topic("health"), settings.topic("alerts")} <= names
+    assert not {settings.topic(f"inference.{pool}") for pool in settings.pools} & names

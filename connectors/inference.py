@@ -18,6 +18,16 @@ def build_backend(deployment: Deployment) -> InferenceBackend:
         from sluicegate.connectors.inference_anthropic import AnthropicBackend
 
         return AnthropicBackend(deployment=deployment)
+    if deployment.backend == "bedrock":
+        # boto3 is the optional `bedrock` extra: imported only when a deployment needs it.
+        try:
+            from sluicegate.connectors.inference_bedrock import BedrockConverseBackend
+        except ImportError as exc:
+            raise ConfigurationError(
+                f"deployment {deployment.name!r} needs boto3: pip install 'sluicegate[bedrock]'"
+            ) from exc
+
+        return BedrockConverseBackend(deployment=deployment)
     if deployment.backend == "llamacpp":
         from sluicegate.connectors.inference_llamacpp import LlamaCppBackend
 

@@ -41,6 +41,7 @@ _ERROR_TYPE = {
     "context_too_long": "invalid_request_error",
     "content_policy": "invalid_request_error",
     "bad_request": "invalid_request_error",
+    "unsupported": "invalid_request_error",
 }
 
 

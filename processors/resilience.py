@@ -33,13 +33,16 @@ from sluicegate.schemas.models import InferenceFailed, InferenceTask
 from sluicegate.settings import Deployment, ResilienceSettings
 
 # The caller's request is at fault: the deployment answered, so its health is not in question.
-CALLER_FAULTS = frozenset({"bad_request", "context_too_long", "content_policy"})
+# `unsupported`: this provider cannot take something the request uses (e.g. an image URL on
+# Bedrock) — another deployment may, so it falls back, but it says nothing about health.
+CALLER_FAULTS = frozenset({"bad_request", "context_too_long", "content_policy", "unsupported"})
 # Another try of the same request on the same deployment may succeed.
 RETRYABLE = frozenset({"rate_limited", "server_error", "timeout", "connection", "unavailable"})
 # No deployment will accept this request as it is: neither retry nor fallback can help.
 HOPELESS = frozenset({"bad_request", "content_policy"})
 
 _HTTP_STATUS = {
+    "unsupported": 400,
     "rate_limited": 429,
     "timeout": 504,
     "context_too_long": 400,

@@ -467,3 +467,11 @@ def test_plan_failure_reads_the_task_and_the_event() -> None:
     decision = planner().plan_failure(attempt, failed, deployments=CATALOGUE, health={}, now_ms=NOW)
     assert isinstance(decision, Fallback)
     assert (decision.deployment, decision.remaining_chain) == ("b", ("c",))
+
+
+def test_an_unsupported_feature_falls_back_without_retrying_or_hurting_health() -> None:
+    decision = plan("unsupported", retriable=False)
+    assert isinstance(decision, Fallback) and decision.deployment == "b"
+    assert not counts_against_breaker("unsupported")
+    assert isinstance(plan("unsupported", retriable=False, fallbacks=()), GiveUp)
+    assert plan("unsupported", retriable=False, fallbacks=()).http_status == 400

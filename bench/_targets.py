@@ -8,7 +8,6 @@ created (the run's topics and consumer group), bounded in time, and is safe to c
 
 from __future__ import annotations
 
-import json
 import os
 import secrets
 import shutil
@@ -152,12 +151,7 @@ def start_sluicegate(
         ],
         models=[ModelAlias(name="bench", deployments=["up"], description="bench upstream")],
     )
-    dumped = settings.model_dump(mode="json")
-    env = {
-        **os.environ,
-        "BENCH_KEY": "sk-bench",
-        **{f"SLUICEGATE_{k.upper()}": json.dumps(v) for k, v in dumped.items()},
-    }
+    env = {**os.environ, "BENCH_KEY": "sk-bench", **settings.to_env()}
     url = f"http://127.0.0.1:{settings.bridge.port}"
     target = Target("sluicegate", f"{url}{CHAT}", {}, extra_pids={"kafka": broker_pid()})
     target.cleanup.append(lambda: shutil.rmtree(data_dir, ignore_errors=True))

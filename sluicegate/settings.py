@@ -9,6 +9,7 @@ the code reads `os.environ` (adapters read the API-key variable a deployment *na
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from pathlib import Path
 from typing import Any, Literal
@@ -338,6 +339,17 @@ class Settings(BaseSettings):
     ) -> list[ModelAlias]:
         check_aliases(getattr(info, "data", {}).get("deployments") or [], models)
         return models
+
+    def to_env(self) -> dict[str, str]:
+        """The environment that makes a child process build exactly these settings (workers,
+        bridges and sinks started by `up`, tests and benchmarks). Unset fields stay unset: a
+        JSON `null` would read back as the string "null" for a path."""
+        dumped = self.model_dump(mode="json")
+        return {
+            f"SLUICEGATE_{name.upper()}": value if isinstance(value, str) else json.dumps(value)
+            for name, value in dumped.items()
+            if value is not None
+        }
 
     def with_catalogue(self, catalogue: Catalogue) -> Settings:
         """These settings with another catalogue (a hot reload); everything else unchanged."""

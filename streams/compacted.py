@@ -19,11 +19,28 @@ import time
 import uuid
 from collections.abc import Callable
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, Message, TopicPartition
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Message,
+    TopicPartition,
+)
 
 from sluicegate.serving.kafka_io import fetch_ready
 
 log = logging.getLogger(__name__)
+# What a partition answers in the moments after its topic was created.
+_NOT_READY_YET = frozenset(
+    {
+        KafkaError.NOT_LEADER_FOR_PARTITION,
+        KafkaError.LEADER_NOT_AVAILABLE,
+        KafkaError.UNKNOWN_TOPIC_OR_PART,
+        KafkaError._TIMED_OUT,
+        KafkaError._TRANSPORT,
+    }
+)
 
 
 class CompactedTopicReader:
@@ -59,18 +76,29 @@ class CompactedTopicReader:
         self._consumer.close()
 
     def _catch_up(self, partitions: list[TopicPartition], timeout_s: float) -> None:
-        ends = {
-            tp.partition: self._consumer.get_watermark_offsets(tp, timeout=timeout_s)[1]
-            for tp in partitions
-        }
-        pending = {p for p, end in ends.items() if end > 0}
         deadline = time.monotonic() + timeout_s
+        ends = {tp.partition: self._end_offset(tp, deadline) for tp in partitions}
+        pending = {p for p, end in ends.items() if end > 0}
         while pending and time.monotonic() < deadline:
             for message in self._fetch():
                 if message.offset() + 1 >= ends[message.partition()]:
                     pending.discard(message.partition())
         if pending:
             log.warning("%s: not caught up after %.0f s; following anyway", self._topic, timeout_s)
+
+    def _end_offset(self, tp: TopicPartition, deadline: float) -> int:
+        """The partition's high watermark, retried while its leader is not known yet: right
+        after a topic is created, metadata can lag and the broker answers NOT_LEADER."""
+        while True:
+            try:
+                return self._consumer.get_watermark_offsets(tp, timeout=5.0)[1]
+            except KafkaException as error:
+                kafka_error = error.args[0]
+                transient = kafka_error.retriable() or kafka_error.code() in _NOT_READY_YET
+                if time.monotonic() > deadline or not transient:
+                    raise
+                log.info("%s[%s]: %s; retrying", self._topic, tp.partition, error)
+                time.sleep(0.2)
 
     def _run(self) -> None:
         while self._running:

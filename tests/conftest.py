@@ -5,7 +5,6 @@ on topics with a prefix of their own, so runs never see each other's records."""
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import socket
 import subprocess
@@ -55,12 +54,7 @@ def free_port() -> int:
 
 def settings_env(settings: Settings) -> dict[str, str]:
     """The environment that makes a child process build exactly these settings."""
-    dumped = settings.model_dump(mode="json")
-    return {
-        f"SLUICEGATE_{name.upper()}": value if isinstance(value, str) else json.dumps(value)
-        for name, value in dumped.items()
-        if value is not None
-    }
+    return settings.to_env()
 
 
 class Blackhole:

@@ -9,6 +9,10 @@ Failures are scripted: every chat request takes the next `Behaviour` from a queu
 queue means success. Every chat request body is recorded in `requests`, and the time it came in
 (`time.time()`) at the same index of `received_at`.
 
+Failures can also be random: with `fail_rate` > 0 a chat request that has no scripted behaviour
+fails with `fail_status` (an OpenAI error body) with that probability, drawn from a
+`random.Random(seed)`; `random_failures` counts them. Off by default.
+
     async with FakeOpenAIUpstream() as up:              # on the test's own loop
         up.script(Behaviour.error(429, retry_after="2"))
         ... up.base_url ...
@@ -17,9 +21,11 @@ queue means success. Every chat request body is recorded in `requests`, and the 
     server.stop()
 
     python -m tests.fakes.openai_upstream --port 9100 --delay-ms 0     # until killed
+    python -m tests.fakes.openai_upstream --fail-rate 0.2 --fail-status 500 --seed 7
 
 A server in another process is scripted over HTTP: `POST /__fake__/script` with a list of
-behaviours as JSON objects, `GET /__fake__/requests`, `POST /__fake__/reset`.
+behaviours as JSON objects, `GET /__fake__/requests`, `POST /__fake__/reset`, and
+`GET /__fake__/stats` (chat requests and random failures since the last reset).
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ import argparse
 import asyncio
 import itertools
 import json
+import random
 import signal
 import threading
 import time
@@ -115,12 +122,25 @@ class FakeOpenAIUpstream:
         port: int = 0,
         model: str = "fake-model",
         delay_s: float = 0.0,
+        fail_rate: float = 0.0,
+        fail_status: int = 500,
+        seed: int | None = None,
     ) -> None:
+        if not 0.0 <= fail_rate <= 1.0:
+            raise ValueError(f"fail_rate must be within [0, 1], not {fail_rate}")
+        if fail_status < 400:
+            raise ValueError(f"fail_status must be an error status (>= 400), not {fail_status}")
         self.host = host
         self.port = port
         self.model = model
         self.requests: list[dict[str, Any]] = []
         self.received_at: list[float] = []
+        self.fail_rate = fail_rate
+        self.random_failures = 0  # chat requests failed at random since the last reset
+        self._rng = random.Random(seed)
+        self._random_failure = Behaviour(
+            status=fail_status, message="fake upstream random failure", delay_s=delay_s
+        )
         self._default = Behaviour(delay_s=delay_s)
         self._script: deque[Behaviour] = deque()
         self._ids = itertools.count(1)
@@ -138,6 +158,7 @@ class FakeOpenAIUpstream:
         self._script.clear()
         self.requests.clear()
         self.received_at.clear()
+        self.random_failures = 0
 
     async def start(self) -> Self:
         app = web.Application(client_max_size=64 * 1024 * 1024)
@@ -146,6 +167,7 @@ class FakeOpenAIUpstream:
         app.router.add_post("/__fake__/script", self._control_script)
         app.router.add_get("/__fake__/requests", self._control_requests)
         app.router.add_post("/__fake__/reset", self._control_reset)
+        app.router.add_get("/__fake__/stats", self._control_stats)
         # Like a real server, stop working on a request whose client has gone (a timeout).
         self._runner = web.AppRunner(
             app,
@@ -191,7 +213,7 @@ class FakeOpenAIUpstream:
             return _error_response(Behaviour.error(400, "'messages' is required"))
         self.requests.append(body)
         self.received_at.append(time.time())
-        behaviour = self._script.popleft() if self._script else self._default
+        behaviour = self._script.popleft() if self._script else self._unscripted()
         if behaviour.delay_s:
             await asyncio.sleep(behaviour.delay_s)
         stream = bool(body.get("stream"))
@@ -205,6 +227,13 @@ class FakeOpenAIUpstream:
         if stream:
             return await _stream(request, body, reply, behaviour)
         return web.json_response(reply.completion())
+
+    def _unscripted(self) -> Behaviour:
+        """The default behaviour, or a random failure (with probability `fail_rate`)."""
+        if self.fail_rate and self._rng.random() < self.fail_rate:
+            self.random_failures += 1
+            return self._random_failure
+        return self._default
 
     async def _models(self, request: web.Request) -> web.Response:
         model = {"id": self.model, "object": "model", "created": 0, "owned_by": "sluicegate"}
@@ -221,6 +250,10 @@ class FakeOpenAIUpstream:
     async def _control_reset(self, request: web.Request) -> web.Response:
         self.reset()
         return web.json_response({})
+
+    async def _control_stats(self, request: web.Request) -> web.Response:
+        stats = {"requests": len(self.requests), "random_failures": self.random_failures}
+        return web.json_response(stats)
 
 
 class UpstreamThread:
@@ -446,9 +479,26 @@ async def _stream(
 # -- command line -------------------------------------------------------------------------
 
 
-async def _serve(host: str, port: int, delay_s: float, model: str) -> None:
-    async with FakeOpenAIUpstream(host=host, port=port, delay_s=delay_s, model=model) as up:
-        print(f"fake OpenAI upstream listening on {up.base_url}", flush=True)
+async def _serve(
+    host: str,
+    port: int,
+    delay_s: float,
+    model: str,
+    fail_rate: float = 0.0,
+    fail_status: int = 500,
+    seed: int | None = None,
+) -> None:
+    async with FakeOpenAIUpstream(
+        host=host,
+        port=port,
+        delay_s=delay_s,
+        model=model,
+        fail_rate=fail_rate,
+        fail_status=fail_status,
+        seed=seed,
+    ) as up:
+        failing = f", failing {fail_rate:.0%} with {fail_status}" if fail_rate else ""
+        print(f"fake OpenAI upstream listening on {up.base_url}{failing}", flush=True)
         stopped = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -462,8 +512,32 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--port", type=int, default=9100)
     parser.add_argument("--delay-ms", type=float, default=0.0, help="latency of every answer")
     parser.add_argument("--model", default="fake-model")
+    parser.add_argument(
+        "--fail-rate",
+        type=float,
+        default=0.0,
+        help="share of unscripted chat requests that fail at random (0..1)",
+    )
+    parser.add_argument(
+        "--fail-status", type=int, default=500, help="HTTP status of a random failure"
+    )
+    parser.add_argument("--seed", type=int, default=None, help="seed of the random failures")
     args = parser.parse_args(argv)
-    asyncio.run(_serve(args.host, args.port, args.delay_ms / 1000, args.model))
+    if not 0.0 <= args.fail_rate <= 1.0:
+        parser.error("--fail-rate must be within [0, 1]")
+    if args.fail_status < 400:
+        parser.error("--fail-status must be >= 400")
+    asyncio.run(
+        _serve(
+            args.host,
+            args.port,
+            args.delay_ms / 1000,
+            args.model,
+            args.fail_rate,
+            args.fail_status,
+            args.seed,
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -185,7 +185,7 @@ class Finisher:
             deployment=task.deployment,
             attempt=task.attempt,
         )
-        return Emit("inference.results", task.deployment, probe)
+        return Emit("health.outcomes", task.deployment, probe)
 
     def next_attempt(
         self, task: InferenceTask, failure: InferenceFailed, decision: Retry | Fallback

@@ -151,6 +151,20 @@ class DeploymentHealth(Event):
     reason: str = Field(default='', description="Why the state is what it is.")
 
 
+class DeploymentOutcomes(Event):
+    """What one inference worker saw of one deployment over a short interval (a quarter second by default): the health agent's input. A summary rather than every InferenceResult, so the stateful worker reads a few records per second instead of one per request."""
+
+    AVRO_NAME: ClassVar[str] = "io.sluicegate.events.DeploymentOutcomes"
+    deployment: str = Field(description="Catalogue deployment.")
+    first_at_ms: int = Field(description="Epoch millis of the first outcome summarized.")
+    last_at_ms: int = Field(description="Epoch millis of the last outcome summarized.")
+    successes: int = Field(description="Calls that answered.")
+    latency_ms_sum: float = Field(description="Sum of the successful calls' latencies.")
+    ttft_ms_sum: float = Field(default=0.0, description="Sum of the streamed successful calls' times to first token.")
+    ttft_count: int = Field(default=0, description="Streamed successful calls.")
+    failures: dict[str, int] = Field(default_factory=dict, description="Failed calls by error class.")
+
+
 class DocumentSubmitted(Event):
     """A document to index into a knowledge base."""
 
@@ -397,4 +411,4 @@ class TokenChunk(Event):
     model: str = Field(description="The alias the caller asked for.")
 
 
-EVENT_MODELS: dict[str, type[Event]] = {"AuditRecord": AuditRecord, "BudgetAlert": BudgetAlert, "CacheFill": CacheFill, "CatalogueUpdated": CatalogueUpdated, "ChunkCreated": ChunkCreated, "ChunkEmbedded": ChunkEmbedded, "CostEntry": CostEntry, "DeadLetter": DeadLetter, "DeploymentHealth": DeploymentHealth, "DocumentSubmitted": DocumentSubmitted, "DriftDetected": DriftDetected, "EvalCaseResult": EvalCaseResult, "EvalRunCompleted": EvalRunCompleted, "InferenceFailed": InferenceFailed, "InferenceResult": InferenceResult, "InferenceTask": InferenceTask, "ProbeStarted": ProbeStarted, "PromptVersionPublished": PromptVersionPublished, "RequestAdmitted": RequestAdmitted, "RequestEnriched": RequestEnriched, "RequestReceived": RequestReceived, "RequestRejected": RequestRejected, "ResponseReady": ResponseReady, "Span": Span, "TokenChunk": TokenChunk}
+EVENT_MODELS: dict[str, type[Event]] = {"AuditRecord": AuditRecord, "BudgetAlert": BudgetAlert, "CacheFill": CacheFill, "CatalogueUpdated": CatalogueUpdated, "ChunkCreated": ChunkCreated, "ChunkEmbedded": ChunkEmbedded, "CostEntry": CostEntry, "DeadLetter": DeadLetter, "DeploymentHealth": DeploymentHealth, "DeploymentOutcomes": DeploymentOutcomes, "DocumentSubmitted": DocumentSubmitted, "DriftDetected": DriftDetected, "EvalCaseResult": EvalCaseResult, "EvalRunCompleted": EvalRunCompleted, "InferenceFailed": InferenceFailed, "InferenceResult": InferenceResult, "InferenceTask": InferenceTask, "ProbeStarted": ProbeStarted, "PromptVersionPublished": PromptVersionPublished, "RequestAdmitted": RequestAdmitted, "RequestEnriched": RequestEnriched, "RequestReceived": RequestReceived, "RequestRejected": RequestRejected, "ResponseReady": ResponseReady, "Span": Span, "TokenChunk": TokenChunk}

@@ -28,11 +28,13 @@ from sluicegate.connectors.inference import build_backend
 from sluicegate.connectors.ports import InferenceBackend
 from sluicegate.processors.envelope import Emit
 from sluicegate.processors.inference import InferenceStage
+from sluicegate.processors.outcomes import OutcomeAggregator
 from sluicegate.processors.rejection import internal_error
-from sluicegate.schemas.models import InferenceTask
+from sluicegate.schemas.models import InferenceFailed, InferenceResult, InferenceTask
 from sluicegate.schemas.serde import AvroSerde
 from sluicegate.serving.event_metrics import serve_metrics
 from sluicegate.serving.kafka_io import AsyncProducer, fetch_ready
+from sluicegate.serving.lag_metrics import register_lag_metrics
 from sluicegate.settings import Catalogue, Settings
 from sluicegate.streams.catalogue_view import CatalogueView
 from sluicegate.streams.dlq import dead_letter
@@ -41,6 +43,7 @@ from sluicegate.streams.health_view import HealthView
 log = logging.getLogger(__name__)
 STAGE = "inference"
 SHUTDOWN_GRACE_S = 5.0
+OUTCOMES_INTERVAL_S = 0.25
 
 
 class OffsetTracker:
@@ -112,8 +115,13 @@ class InferenceWorker:
         )
         self._producer: AsyncProducer | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        self._outcomes = OutcomeAggregator()
         self._metrics, self._metrics_server = serve_metrics(
             settings.worker.metrics_host, settings.worker.inference_metrics_port
+        )
+        group = f"{settings.worker.app_id}-inference"
+        self._lag = register_lag_metrics(
+            self._metrics.registry, settings, [group], topics={group: self._topics}
         )
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -126,6 +134,7 @@ class InferenceWorker:
         await loop.run_in_executor(None, self._catalogue.start)
         self._consumer.subscribe(self._topics, on_revoke=self._on_revoke)
         slots = asyncio.Semaphore(self._settings.worker.inference_concurrency)
+        summaries = asyncio.create_task(self._publish_outcomes(stop))
         try:
             while not stop.is_set():
                 for message in await loop.run_in_executor(self._fetcher, self._fetch):
@@ -136,6 +145,9 @@ class InferenceWorker:
                     task.add_done_callback(self._tasks.discard)
                     task.add_done_callback(lambda _t: slots.release())
         finally:
+            summaries.cancel()
+            for emit in self._outcomes.flush():  # what the last interval saw
+                self._publish(emit)
             if self._tasks:  # unfinished tasks are not committed: another worker redoes them
                 _done, stuck = await asyncio.wait(self._tasks, timeout=SHUTDOWN_GRACE_S)
                 for task in stuck:
@@ -144,6 +156,7 @@ class InferenceWorker:
             await loop.run_in_executor(None, self._producer.close)
             await loop.run_in_executor(None, self._health.close)
             await loop.run_in_executor(None, self._catalogue.close)
+            self._lag.close()
             if self._metrics_server is not None:
                 self._metrics_server.close()
             self._fetcher.shutdown(wait=False)
@@ -224,8 +237,18 @@ class InferenceWorker:
         future = self._producer.publish(
             self._settings.topic(emit.topic), emit.key, self._serde.encode(emit.event)
         )
+        if isinstance(emit.event, InferenceResult | InferenceFailed):
+            self._outcomes.add(emit.event)
         self._metrics.observe(emit)
         return future
+
+    async def _publish_outcomes(self, stop: asyncio.Event) -> None:
+        """The health agent's input: this worker's outcomes per deployment, every interval.
+        Best effort — a crash loses at most one interval of health samples, never a result."""
+        while not stop.is_set():
+            await asyncio.sleep(OUTCOMES_INTERVAL_S)
+            for emit in self._outcomes.flush():
+                self._publish(emit).add_done_callback(_log_failure)
 
     def _dead_letter(self, message: Message, error: BaseException) -> asyncio.Future[None]:
         assert self._producer is not None
@@ -248,6 +271,11 @@ class InferenceWorker:
         return self._producer.publish(
             f"{message.topic()}.dlq", message.key(), self._serde.encode(record)
         )
+
+
+def _log_failure(future: asyncio.Future[None]) -> None:
+    if not future.cancelled() and future.exception() is not None:
+        log.warning("inference: an outcome summary was not published: %s", future.exception())
 
 
 async def _close_later(backend: InferenceBackend, grace_s: float = 60.0) -> None:

@@ -270,6 +270,13 @@ class LimitsSettings(BaseModel):
         description="Shares of a budget at which a BudgetAlert event is emitted.",
     )
 
+    @property
+    def counts_spend(self) -> bool:
+        """Whether any rule needs the real usage and cost of answers (tokens/min settling,
+        budgets); without one, nothing has to consume sg.cost on the stateful worker."""
+        rules = [self.tenant, self.key, self.user, *self.tenants.values(), *self.keys.values()]
+        return any(r.tokens_per_minute or r.usd_per_day or r.usd_per_month for r in rules)
+
     def for_tenant(self, tenant_id: str) -> LimitRule:
         return self.tenants.get(tenant_id, self.tenant)
 

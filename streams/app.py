@@ -4,8 +4,9 @@
 - `spend` on sg.cost (by tenant, co-partitioned with sg.requests): budgets and token settling
   in the same `limits` table → BudgetAlert;
 - `cache_fill` on sg.cache (by tenant): answers stored in the `cache` table admission reads;
-- `health` on sg.inference.results (by deployment): breakers and latency EWMAs in the `health`
-  table → DeploymentHealth on the compacted sg.health, which every router reads whole.
+- `health` on sg.health.outcomes (by deployment; the inference workers' outcome summaries):
+  breakers and latency EWMAs in the `health` table → DeploymentHealth on the compacted
+  sg.health, which every router reads whole.
 
 Tables are changelog-backed (memory store, changelog topics created with the catalogue), so a
 restarted worker resumes with the same counters, budgets and breaker states.
@@ -41,9 +42,8 @@ from sluicegate.processors.spend import Spend
 from sluicegate.schemas.models import (
     CacheFill,
     CostEntry,
+    DeploymentOutcomes,
     Event,
-    InferenceFailed,
-    InferenceResult,
     ProbeStarted,
     RequestReceived,
 )
@@ -229,16 +229,18 @@ def create_app(
             handle=admit,
         )
 
-    @app.agent(publisher.topic(settings.topic("cost")), name="spend")
-    async def spend_agent(stream: faust.StreamT) -> None:
-        await consume(
-            stream,
-            publisher=publisher,
-            serde=serde,
-            model=CostEntry,
-            stage="spend",
-            handle=publishing(spend.run),
-        )
+    if settings.limits.counts_spend:  # else nothing reads it: skip a topic per request
+
+        @app.agent(publisher.topic(settings.topic("cost")), name="spend")
+        async def spend_agent(stream: faust.StreamT) -> None:
+            await consume(
+                stream,
+                publisher=publisher,
+                serde=serde,
+                model=CostEntry,
+                stage="spend",
+                handle=publishing(spend.run),
+            )
 
     if cache is not None:
         filler = CacheFiller(cache=cache)
@@ -258,13 +260,13 @@ def create_app(
                 handle=fill,
             )
 
-    @app.agent(publisher.topic(settings.topic("inference.results")), name="health")
+    @app.agent(publisher.topic(settings.topic("health.outcomes")), name="health")
     async def health_agent(stream: faust.StreamT) -> None:
         await consume(
             stream,
             publisher=publisher,
             serde=serde,
-            model=(InferenceResult, InferenceFailed, ProbeStarted),
+            model=(DeploymentOutcomes, ProbeStarted),
             stage="health",
             handle=publishing(health.observe),
         )

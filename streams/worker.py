@@ -15,6 +15,7 @@ from sluicegate.connectors.inference import build_backend
 from sluicegate.connectors.schema_registry import build_serde
 from sluicegate.serving.event_metrics import serve_metrics
 from sluicegate.serving.inference_worker import serve
+from sluicegate.serving.lag_metrics import register_lag_metrics
 from sluicegate.settings import Settings
 from sluicegate.streams.app import create_app
 from sluicegate.streams.catalogue_view import CatalogueView
@@ -33,6 +34,15 @@ def run_worker(settings: Settings, *, loglevel: str = "INFO") -> None:
     metrics, metrics_server = serve_metrics(
         settings.worker.metrics_host, settings.worker.metrics_port
     )
+    inputs = ["requests", "cache", "health.outcomes"]
+    if settings.limits.counts_spend:
+        inputs.append("cost")
+    lag = register_lag_metrics(
+        metrics.registry,
+        settings,
+        [settings.worker.app_id],
+        topics={settings.worker.app_id: [settings.topic(name) for name in inputs]},
+    )
     try:
         embedder = build_embedder(settings.cache)
         app = create_app(
@@ -47,6 +57,7 @@ def run_worker(settings: Settings, *, loglevel: str = "INFO") -> None:
         worker = faust.Worker(app, loglevel=loglevel, quiet=True)
         worker.execute_from_commandline()
     finally:
+        lag.close()
         catalogue_view.close()
         health_view.close()
         if metrics_server is not None:

@@ -252,7 +252,7 @@ async def test_after_the_cool_down_only_one_task_probes_and_the_others_fall_back
     )
     probe = stage.run(task(fallbacks=("third",)))
     first = await anext(probe)  # the probe is claimed before its call starts
-    assert first.topic == "inference.results" and isinstance(first.event, ProbeStarted)
+    assert first.topic == "health.outcomes" and isinstance(first.event, ProbeStarted)
     meanwhile = await collect(stage, task(fallbacks=("third",)))
     assert meanwhile[0].event.error_class == "circuit_open"
     assert meanwhile[-1].event.deployment == "third"

@@ -45,6 +45,7 @@ DESIGN_EVENTS = {
     "CacheFill",
     "CatalogueUpdated",
     "ProbeStarted",
+    "DeploymentOutcomes",
 }
 
 

@@ -33,7 +33,7 @@ from sluicegate.processors.rejection import internal_error
 from sluicegate.schemas.models import InferenceFailed, InferenceResult, InferenceTask
 from sluicegate.schemas.serde import AvroSerde
 from sluicegate.serving.event_metrics import serve_metrics
-from sluicegate.serving.kafka_io import AsyncProducer, fetch_ready
+from sluicegate.serving.kafka_io import AsyncProducer, DeliveryGroup, fetch_ready
 from sluicegate.serving.lag_metrics import register_lag_metrics
 from sluicegate.settings import Catalogue, Settings
 from sluicegate.streams.catalogue_view import CatalogueView
@@ -203,17 +203,18 @@ class InferenceWorker:
     async def _process(self, message: Message) -> None:
         value = message.value() or b""
         task: InferenceTask | None = None
-        pending: list[asyncio.Future[None]] = []
+        assert self._producer is not None
+        acks = self._producer.group()
         try:
             try:
                 task = self._serde.decode_as(value, InferenceTask)
                 async for emit in self._stage.run(task):
-                    pending.append(self._publish(emit))
+                    self._send(acks, emit)
             except Exception as error:  # one bad record must never stop the worker
-                pending.append(self._dead_letter(message, error))
+                self._send_dead_letter(acks, message, error)
                 if task is not None:
-                    pending.append(self._publish(internal_error(task, stage=STAGE, error=error)))
-            await asyncio.gather(*pending)
+                    self._send(acks, internal_error(task, stage=STAGE, error=error))
+            await acks.done()
         except Exception:
             # Not acknowledged by the broker: leave the offset unstored so the task comes back.
             log.exception(
@@ -232,15 +233,23 @@ class InferenceWorker:
             except Exception as error:  # partition revoked between finish and store
                 log.debug("inference: offset not stored: %s", error)
 
+    def _send(self, acks: DeliveryGroup, emit: Emit) -> None:
+        acks.publish(self._settings.topic(emit.topic), emit.key, self._serde.encode(emit.event))
+        self._observe(emit)
+
     def _publish(self, emit: Emit) -> asyncio.Future[None]:
+        """One record on its own (the outcome summaries, and a shutdown's last flush)."""
         assert self._producer is not None
         future = self._producer.publish(
             self._settings.topic(emit.topic), emit.key, self._serde.encode(emit.event)
         )
+        self._observe(emit)
+        return future
+
+    def _observe(self, emit: Emit) -> None:
         if isinstance(emit.event, InferenceResult | InferenceFailed):
             self._outcomes.add(emit.event)
         self._metrics.observe(emit)
-        return future
 
     async def _publish_outcomes(self, stop: asyncio.Event) -> None:
         """The health agent's input: this worker's outcomes per deployment, every interval.
@@ -250,8 +259,9 @@ class InferenceWorker:
             for emit in self._outcomes.flush():
                 self._publish(emit).add_done_callback(_log_failure)
 
-    def _dead_letter(self, message: Message, error: BaseException) -> asyncio.Future[None]:
-        assert self._producer is not None
+    def _send_dead_letter(
+        self, acks: DeliveryGroup, message: Message, error: BaseException
+    ) -> None:
         record = dead_letter(
             topic=message.topic(),
             partition=message.partition(),
@@ -268,9 +278,7 @@ class InferenceWorker:
             message.offset(),
             error,
         )
-        return self._producer.publish(
-            f"{message.topic()}.dlq", message.key(), self._serde.encode(record)
-        )
+        acks.publish(f"{message.topic()}.dlq", message.key(), self._serde.encode(record))
 
 
 def _log_failure(future: asyncio.Future[None]) -> None:

@@ -72,15 +72,25 @@ class AsyncProducer:
         def delivered(error: KafkaError | None, _message: Message) -> None:
             self._loop.call_soon_threadsafe(_settle, future, error, topic)
 
+        self.produce_raw(topic, key, value, delivered)
+        return future
+
+    def group(self) -> DeliveryGroup:
+        """Records produced at once, acknowledged together: one wake-up of the event loop for
+        the lot instead of one per record (the inference worker writes 4 or 5 per task)."""
+        return DeliveryGroup(self)
+
+    def produce_raw(
+        self, topic: str, key: str | bytes | None, value: bytes, on_delivery: Callable[..., None]
+    ) -> None:
         try:
             if isinstance(key, str):
                 key = key.encode()
-            self._producer.produce(topic, key=key, value=value, on_delivery=delivered)
+            self._producer.produce(topic, key=key, value=value, on_delivery=on_delivery)
         except BufferError as exc:
             raise BrokerError(
                 "the producer's local queue is full", topic=topic, retriable=True
             ) from exc
-        return future
 
     def ready(self, timeout_s: float = 5.0) -> bool:
         try:
@@ -97,6 +107,59 @@ class AsyncProducer:
     def _poll(self) -> None:
         while self._running:
             self._producer.poll(0.05)
+
+
+class DeliveryGroup:
+    """Records sent right away (a streamed chunk must not wait), one future for all their acks.
+
+    `publish` may be called until `done()`; the future it returns resolves once every record
+    is acknowledged, or fails with the first delivery error. Delivery callbacks run on the
+    producer's poll thread, hence the lock; the loop is woken once, at the end.
+    """
+
+    def __init__(self, producer: AsyncProducer) -> None:
+        self._producer = producer
+        self._loop = producer._loop
+        self._lock = threading.Lock()
+        self._outstanding = 0
+        self._sealed = False
+        self._error: tuple[KafkaError, str] | None = None
+        self._future: asyncio.Future[None] = self._loop.create_future()
+
+    def publish(self, topic: str, key: str | bytes | None, value: bytes) -> None:
+        with self._lock:
+            self._outstanding += 1
+
+        def delivered(error: KafkaError | None, _message: Message) -> None:
+            with self._lock:
+                self._outstanding -= 1
+                if error is not None and self._error is None:
+                    self._error = (error, topic)
+                finished = self._sealed and self._outstanding == 0
+            if finished:
+                self._loop.call_soon_threadsafe(self._resolve)
+
+        try:
+            self._producer.produce_raw(topic, key, value, delivered)
+        except BaseException:
+            with self._lock:
+                self._outstanding -= 1
+            raise
+
+    def done(self) -> asyncio.Future[None]:
+        """No more records: the future of all acknowledgements."""
+        with self._lock:
+            self._sealed = True
+            finished = self._outstanding == 0
+        if finished:
+            self._resolve()
+        return self._future
+
+    def _resolve(self) -> None:
+        if self._error is None:
+            _settle(self._future, None, "")
+        else:
+            _settle(self._future, *self._error)
 
 
 def _settle(future: asyncio.Future[None], error: KafkaError | None, topic: str) -> None:

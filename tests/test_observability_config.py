@@ -20,6 +20,7 @@ import yaml
 from prometheus_client import CollectorRegistry
 
 from sluicegate.serving.event_metrics import EventMetrics
+from sluicegate.serving.lag_metrics import LagCollector
 from sluicegate.serving.metrics import BridgeMetrics
 from sluicegate.settings import Settings
 
@@ -57,8 +58,13 @@ def exported_samples(*registries: CollectorRegistry) -> dict[str, Sample]:
     samples: dict[str, Sample] = {}
     for registry in registries:
         for collector in _collectors(registry):
-            labels = frozenset(getattr(collector, "_labelnames", ())) | TARGET_LABELS
             for family in collector.describe():
+                # Instrumented families carry labels on the collector; custom collectors'
+                # families (consumer lag) on the family itself.
+                names = getattr(collector, "_labelnames", None)
+                if names is None:
+                    names = getattr(family, "_labelnames", ())
+                labels = frozenset(names) | TARGET_LABELS
                 suffixes: dict[str, frozenset[str]] = {
                     "counter": {"_total": labels, "_created": labels},
                     "gauge": {"": labels},
@@ -75,7 +81,13 @@ def exported_samples(*registries: CollectorRegistry) -> dict[str, Sample]:
     return samples
 
 
-SAMPLES = exported_samples(EventMetrics().registry, BridgeMetrics().registry)
+def _lag_registry() -> CollectorRegistry:
+    registry = CollectorRegistry()
+    registry.register(LagCollector(admin=None, groups=[]))  # describe() needs no broker
+    return registry
+
+
+SAMPLES = exported_samples(EventMetrics().registry, BridgeMetrics().registry, _lag_registry())
 
 
 def test_the_sample_table_reads_names_types_and_labels() -> None:

@@ -11,6 +11,7 @@ sluicegate topics      create missing topics and list the catalogue
 sluicegate send FILE   publish a RequestReceived from an OpenAI-style JSON body
 sluicegate tail TOPIC  decode a topic's Avro records to JSON lines
 sluicegate trace ID    a request's spans (bridge, admission, inference) as a waterfall
+sluicegate trace-export  the traces topic → an OpenTelemetry backend over OTLP/HTTP (optional)
 """
 
 from __future__ import annotations
@@ -167,6 +168,16 @@ def cmd_sink(settings: Settings, args: argparse.Namespace) -> int:
     from sluicegate.serving.analytics_sink import run_sink
 
     run_sink(settings)
+    return 0
+
+
+def cmd_trace_export(settings: Settings, args: argparse.Namespace) -> int:
+    try:
+        from sluicegate.serving.trace_exporter import run_trace_export
+    except ImportError as error:  # the `otel` extra is not installed
+        print(str(error), file=sys.stderr)
+        return 2
+    run_trace_export(settings)
     return 0
 
 
@@ -414,6 +425,7 @@ def parser() -> argparse.ArgumentParser:
     trace.add_argument("request_id", help="request id (or the chatcmpl-… response id)")
     sub.add_parser("bridge", help="run the HTTP bridge")
     sub.add_parser("sink", help="run the analytics sink")
+    sub.add_parser("trace-export", help="export the traces topic over OTLP (needs [otel])")
     sql = sub.add_parser("sql", help="query the analytics store (read-only)")
     sql.add_argument("query", help='e.g. "SELECT count() FROM requests FINAL"')
     sub.add_parser("topics", help="create missing topics, list the catalogue")
@@ -442,6 +454,7 @@ COMMANDS = {
     "trace": cmd_trace,
     "bridge": cmd_bridge,
     "sink": cmd_sink,
+    "trace-export": cmd_trace_export,
     "sql": cmd_sql,
     "topics": cmd_topics,
     "send": cmd_send,

@@ -306,6 +306,32 @@ class CacheSettings(BaseModel):
     embedding_api_key_env: str | None = None
 
 
+class TracingSettings(BaseModel):
+    """Optional OpenTelemetry export of the `traces` topic (`sluicegate trace-export`).
+
+    The exporter is its own process with its own consumer group, so a slow or absent collector
+    never touches the request path; it only lags behind the topic.
+    """
+
+    otlp_endpoint: str = Field(
+        default="http://127.0.0.1:4318/v1/traces",
+        description="Full OTLP/HTTP traces URL, signal path included.",
+    )
+    headers: dict[str, SecretStr] = Field(
+        default_factory=dict,
+        description="Extra request headers, e.g. a vendor's API key (values are secret).",
+    )
+    service_name: str = Field(default="sluicegate", description="Resource `service.name`.")
+    batch_spans: int = Field(default=512, ge=1, description="Spans per export request at most.")
+    batch_seconds: float = Field(
+        default=1.0, gt=0, description="Longest wait after a batch's first span before export."
+    )
+    timeout_s: float = Field(default=10.0, gt=0, description="Timeout of one export request.")
+    retry_max_s: float = Field(
+        default=30.0, gt=0, description="Longest wait between retries of a failed export."
+    )
+
+
 class Settings(BaseSettings):
     """The root settings: composed from the groups above, frozen once built."""
 
@@ -321,6 +347,7 @@ class Settings(BaseSettings):
     resilience: ResilienceSettings = ResilienceSettings()
     limits: LimitsSettings = LimitsSettings()
     cache: CacheSettings = CacheSettings()
+    tracing: TracingSettings = TracingSettings()
     catalogue_file: Path | None = Field(
         default=None,
         description="YAML file with `deployments` and `models`; the environment still overrides.",

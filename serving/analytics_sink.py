@@ -31,7 +31,14 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
+from confluent_kafka import (
+    TIMESTAMP_NOT_AVAILABLE,
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Message,
+    TopicPartition,
+)
 
 from sluicegate.connectors.analytics import AnalyticsSink, ClickHouseAnalytics, open_analytics
 from sluicegate.errors import AnalyticsError
@@ -69,9 +76,14 @@ class Batch:
     started: float | None = None
     inserted: set[str] = field(default_factory=set)
 
-    def add(self, message: Message, row: tuple[str, Row] | None) -> None:
+    def add(self, message: Message, row: tuple[str, Row] | None, *, polled_at: float) -> None:
         if self.started is None:
-            self.started = time.monotonic()
+            # The window opens when the first record arrived — not when the poll that returned
+            # it ended (a poll can block up to its timeout at low rates), and never before the
+            # poll began (an old record of a backlog must not make every batch due at once).
+            kind, stamp_ms = message.timestamp()
+            arrived = stamp_ms / 1000 if kind != TIMESTAMP_NOT_AVAILABLE else polled_at
+            self.started = min(time.time(), max(polled_at, arrived))
         self.offsets[(message.topic(), message.partition())] = message.offset() + 1
         if row is not None:
             table, values = row
@@ -93,6 +105,7 @@ class AnalyticsSinkWorker:
         self._store = store
         self._topics = sink_topics(settings)
         self._batch = Batch()
+        self._polled_at = time.time()
         self._stop = stop or threading.Event()
         self.stats = SinkStats()
         self._consumer = Consumer(
@@ -117,6 +130,7 @@ class AnalyticsSinkWorker:
         self._consumer.subscribe(self._topics, on_revoke=self._on_revoke)
         try:
             while not self._stop.is_set():
+                self._polled_at = time.time()
                 for message in self._consumer.consume(
                     num_messages=max(1, min(1000, self._settings.batch_rows - self._batch.size)),
                     timeout=self._poll_timeout(),
@@ -131,14 +145,14 @@ class AnalyticsSinkWorker:
     def _poll_timeout(self) -> float:
         if self._batch.started is None:
             return 0.2
-        left = self._batch.started + self._settings.batch_seconds - time.monotonic()
+        left = self._batch.started + self._settings.batch_seconds - time.time()
         return min(0.2, max(0.0, left))
 
     def _due(self) -> bool:
         if self._batch.started is None:
             return False
         full = self._batch.size >= self._settings.batch_rows
-        return full or time.monotonic() - self._batch.started >= self._settings.batch_seconds
+        return full or time.time() - self._batch.started >= self._settings.batch_seconds
 
     def _take(self, message: Message) -> None:
         error = message.error()
@@ -159,7 +173,7 @@ class AnalyticsSinkWorker:
                 exc,
             )
             row = None
-        self._batch.add(message, row)
+        self._batch.add(message, row, polled_at=self._polled_at)
 
     def _flush(self) -> None:
         """Insert every table of the batch, retrying with backoff; then commit its offsets."""

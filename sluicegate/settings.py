@@ -332,6 +332,22 @@ class TracingSettings(BaseModel):
     )
 
 
+def _revealed(value: Any) -> Any:
+    """JSON-able, with secrets in clear: `model_dump` masks SecretStr as "**********", which a
+    child process would then read as the password itself."""
+    if isinstance(value, SecretStr):
+        return value.get_secret_value()
+    if isinstance(value, BaseModel):
+        return {name: _revealed(getattr(value, name)) for name in type(value).model_fields}
+    if isinstance(value, dict):
+        return {str(k): _revealed(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_revealed(v) for v in value]
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
 class Settings(BaseSettings):
     """The root settings: composed from the groups above, frozen once built."""
 
@@ -378,12 +394,13 @@ class Settings(BaseSettings):
         """The environment that makes a child process build exactly these settings (workers,
         bridges and sinks started by `up`, tests and benchmarks). Unset fields stay unset: a
         JSON `null` would read back as the string "null" for a path."""
-        dumped = self.model_dump(mode="json")
-        return {
-            f"SLUICEGATE_{name.upper()}": value if isinstance(value, str) else json.dumps(value)
-            for name, value in dumped.items()
-            if value is not None
-        }
+        env = {}
+        for name in type(self).model_fields:
+            value = _revealed(getattr(self, name))
+            if value is not None:
+                key = f"SLUICEGATE_{name.upper()}"
+                env[key] = value if isinstance(value, str) else json.dumps(value)
+        return env
 
     def with_catalogue(self, catalogue: Catalogue) -> Settings:
         """These settings with another catalogue (a hot reload); everything else unchanged."""

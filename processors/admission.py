@@ -29,6 +29,7 @@ from sluicegate.processors.cache import (
     response_from_hit,
 )
 from sluicegate.processors.envelope import Emit, child_envelope, new_span_id, now, sibling_envelope
+from sluicegate.processors.guard import Guard
 from sluicegate.processors.health import HealthSnapshot
 from sluicegate.processors.limits import LimitDecision, Limiter
 from sluicegate.processors.routing import RouteDecision, Router, RoutingError, needs_of
@@ -80,6 +81,12 @@ class Admission:
         self._limiter = Limiter(settings.limits, {} if limits_state is None else limits_state)
         self._health = health
         self._clock_ms = clock_ms
+        self._guard = Guard(settings.guardrails)
+        self._checks = ["route", "limits"]
+        if self._guard.active:
+            self._checks.append("guard")
+        if cache is not None:
+            self._checks.append("cache")
 
     @property
     def limiter(self) -> Limiter:
@@ -118,6 +125,23 @@ class Admission:
         )
         if not limit.allowed:
             return self._limited(request, started, span_id, limit)
+        guarded: dict[str, str] = {}
+        if self._guard.active:
+            outcome = self._guard.check(request)
+            guarded = outcome.attributes
+            if outcome.rejection is not None:
+                return self._reject(
+                    request,
+                    started,
+                    span_id,
+                    code=outcome.rejection.code,
+                    error_type="invalid_request_error",
+                    message=outcome.rejection.message,
+                    http_status=400,
+                    retry_after_s=None,
+                    attributes=guarded,
+                )
+            request = outcome.request  # masked or redacted: what the cache and model see
         cache = self._cache
         key = cache.key(request) if cache is not None else None
 
@@ -130,9 +154,9 @@ class Admission:
                     key, now_ms=now_ms
                 )
             if hit is not None:
-                return self._answer_from_cache(request, started, span_id, hit)
+                return self._answer_from_cache(request, started, span_id, hit, guarded)
             return self._admit(
-                request, started, span_id, route, needs.tokens_needed, now_ms, limit, key
+                request, started, span_id, route, needs.tokens_needed, now_ms, limit, key, guarded
             )
 
         if cache is None or key is None or not self._defer_embedding:
@@ -145,7 +169,12 @@ class Admission:
         return finish()
 
     def _answer_from_cache(
-        self, request: RequestReceived, started: datetime, span_id: str, hit: CacheHit
+        self,
+        request: RequestReceived,
+        started: datetime,
+        span_id: str,
+        hit: CacheHit,
+        guarded: dict[str, str],
     ) -> list[Emit]:
         response = response_from_hit(request, hit, producer=PRODUCER)
         response = response.model_copy(update={"span_id": span_id})
@@ -167,6 +196,7 @@ class Admission:
         emits = [Emit("stream", request.request_id, chunk_from_response(response))]
         emits = emits if request.stream else []
         attributes = {
+            **guarded,
             "cache": hit.tier,
             "similarity": f"{hit.similarity:.4f}",
             "deployment": hit.answer.deployment,
@@ -189,6 +219,7 @@ class Admission:
         now_ms: int,
         limit: LimitDecision,
         cache_key: CacheKey | None,
+        guarded: dict[str, str],
     ) -> list[Emit]:
         deployment = self._settings.deployment(route.deployment)
         task = InferenceTask(
@@ -214,9 +245,10 @@ class Admission:
         admitted = RequestAdmitted(
             **sibling_envelope(task, producer=PRODUCER),
             model=request.model,
-            checks=["route", "limits", "cache"] if self._cache is not None else ["route", "limits"],
+            checks=self._checks,
         )
         attributes = {
+            **guarded,
             "deployment": deployment.name,
             "strategy": route.strategy,
             "reason": route.reason,

@@ -348,6 +348,25 @@ def _revealed(value: Any) -> Any:
     return value
 
 
+class GuardrailsSettings(BaseModel):
+    """Input guardrails run by admission on user and tool messages, before the cache and the
+    model see them."""
+
+    pii_action: Literal["off", "mask", "redact", "block"] = Field(
+        default="off",
+        description="What to do with PII in prompts: mask (keep a hint), redact (a typed "
+        "placeholder), block (400 `pii_detected`).",
+    )
+    pii_kinds: list[str] | None = Field(
+        default=None, description="Kinds to look for (email, phone, credit_card, ...); null: all."
+    )
+    injection_action: Literal["off", "flag", "block"] = Field(
+        default="flag",
+        description="Prompt injection: flag (score on the trace), block (400 `prompt_injection`).",
+    )
+    injection_threshold: float = Field(default=0.5, gt=0, le=1)
+
+
 class Settings(BaseSettings):
     """The root settings: composed from the groups above, frozen once built."""
 
@@ -363,6 +382,7 @@ class Settings(BaseSettings):
     resilience: ResilienceSettings = ResilienceSettings()
     limits: LimitsSettings = LimitsSettings()
     cache: CacheSettings = CacheSettings()
+    guardrails: GuardrailsSettings = GuardrailsSettings()
     tracing: TracingSettings = TracingSettings()
     catalogue_file: Path | None = Field(
         default=None,

@@ -17,8 +17,6 @@ they are left out, like `seed`. A deployment that needs them pins the previous v
 
 from __future__ import annotations
 
-import base64
-import binascii
 import json
 from collections.abc import AsyncIterator
 from typing import Any
@@ -28,6 +26,20 @@ import httpx2  # the SDK's HTTP client; it lets read errors out of a stream unwr
 from anthropic.types import Message
 
 from sluicegate.connectors.inference_openai import retry_after_s
+from sluicegate.connectors.openai_request import (
+    bad_request,
+    content_parts,
+    conversation,
+    decode_base64,
+    function_tools,
+    image_url,
+    json_mode_instruction,
+    openai_tool_call,
+    parse_json,
+    split_data_url,
+    tool_calls,
+    tool_choice,
+)
 from sluicegate.connectors.ports import Completion, Delta
 from sluicegate.errors import BackendError
 from sluicegate.schemas.models import ChatMessage, InferenceTask
@@ -57,7 +69,6 @@ _PASSTHROUGH_EXTRA = frozenset({"top_k", "thinking", "service_tier", "metadata",
 
 _IMAGE_MEDIA_TYPES = frozenset({"image/jpeg", "image/png", "image/gif", "image/webp"})
 
-_JSON_INSTRUCTION = "Respond with one valid JSON object and nothing else: no prose, no code fences."
 
 # The status an `error.type` implies; an error event inside a 200 stream has no status of its own.
 _ERROR_TYPE_STATUS = {
@@ -212,26 +223,11 @@ def _prompt_tokens(input_tokens: int, cache_creation: int | None, cache_read: in
 
 
 def _tool_call(call_id: str, name: str, arguments: object) -> dict[str, Any]:
-    """A `tool_use` block as an OpenAI tool call: the arguments become a JSON string."""
-    return {
-        "id": call_id,
-        "type": "function",
-        "function": {"name": name, "arguments": json.dumps(arguments)},
-    }
+    """A `tool_use` block as an OpenAI tool call."""
+    return openai_tool_call(call_id, name, arguments)
 
 
 # -- the request --------------------------------------------------------------------------
-
-
-def _json(text: str, what: str) -> Any:
-    try:
-        return json.loads(text)
-    except ValueError as exc:
-        raise BackendError(f"{what} is not valid JSON: {exc}", error_class="bad_request") from exc
-
-
-def _bad(message: str) -> BackendError:
-    return BackendError(message, error_class="bad_request")
 
 
 def _image_block(part: dict[str, Any]) -> dict[str, Any]:
@@ -240,75 +236,37 @@ def _image_block(part: dict[str, Any]) -> dict[str, Any]:
     A data URL is sent inline (`source.type: base64`); an http(s) URL by reference
     (`source.type: url`), which Anthropic fetches itself.
     """
-    image = part.get("image_url")
-    url = image.get("url") if isinstance(image, dict) else image
-    if not isinstance(url, str) or not url:
-        raise _bad("an image_url part has no url")
+    url = image_url(part)
     if url.startswith(("http://", "https://")):
         return {"type": "image", "source": {"type": "url", "url": url}}
     if not url.startswith("data:"):
-        raise _bad("an image_url must be an http(s) URL or a base64 data URL")
-    header, _, data = url.removeprefix("data:").partition(",")
-    media_type, _, encoding = header.partition(";")
-    if encoding != "base64" or not data:
-        raise _bad("an image data URL must be base64-encoded (data:<type>;base64,<data>)")
+        raise bad_request("an image_url must be an http(s) URL or a base64 data URL")
+    media_type, data = split_data_url(url)
     if media_type not in _IMAGE_MEDIA_TYPES:
-        raise _bad(f"Anthropic does not take images of type {media_type!r}")
-    try:
-        base64.b64decode(data, validate=True)
-    except (binascii.Error, ValueError) as exc:
-        raise _bad(f"an image data URL is not valid base64: {exc}") from exc
+        raise bad_request(f"Anthropic does not take images of type {media_type!r}")
+    decode_base64(data)
     return {"type": "image", "source": {"type": "base64", "media_type": media_type, "data": data}}
 
 
 def _content_blocks(message: ChatMessage) -> list[dict[str, Any]]:
     """The text and image blocks of a message's content (plain text or OpenAI parts)."""
-    if message.content_parts_json is None:
-        # Anthropic rejects empty text blocks, so an empty content adds no block at all.
-        return [{"type": "text", "text": message.content}] if message.content else []
-    parts = _json(message.content_parts_json, "content_parts_json")
-    if isinstance(parts, str):
-        return [{"type": "text", "text": parts}] if parts else []
-    if not isinstance(parts, list):
-        raise _bad("content_parts_json must be a list of content parts")
-    blocks: list[dict[str, Any]] = []
-    for part in parts:
-        kind = part.get("type") if isinstance(part, dict) else None
-        if kind == "text":
-            if part.get("text"):
-                blocks.append({"type": "text", "text": part["text"]})
-        elif kind == "image_url":
-            blocks.append(_image_block(part))
-        else:
-            raise _bad(f"Anthropic does not take content parts of type {kind!r}")
-    return blocks
+    return [
+        {"type": "text", "text": part} if isinstance(part, str) else _image_block(part)
+        for part in content_parts(message, "Anthropic")
+    ]
 
 
 def _tool_use_blocks(tool_calls_json: str) -> list[dict[str, Any]]:
-    """An assistant's OpenAI tool calls as `tool_use` blocks (arguments parsed back to JSON)."""
-    calls = _json(tool_calls_json, "tool_calls_json")
-    if not isinstance(calls, list):
-        raise _bad("tool_calls_json must be a list of tool calls")
-    blocks: list[dict[str, Any]] = []
-    for call in calls:
-        function = call.get("function") if isinstance(call, dict) else None
-        if not isinstance(function, dict) or not call.get("id") or not function.get("name"):
-            raise _bad("a tool call needs an id and a function name")
-        arguments = function.get("arguments") or "{}"
-        parsed = (
-            _json(arguments, "tool call arguments") if isinstance(arguments, str) else arguments
-        )
-        if not isinstance(parsed, dict):
-            raise _bad("tool call arguments must be a JSON object")
-        blocks.append(
-            {"type": "tool_use", "id": call["id"], "name": function["name"], "input": parsed}
-        )
-    return blocks
+    """An assistant's OpenAI tool calls as `tool_use` blocks."""
+    return [
+        {"type": "tool_use", "id": call.id, "name": call.name, "input": call.arguments}
+        for call in tool_calls(tool_calls_json)
+    ]
 
 
 def _tool_result_block(message: ChatMessage) -> dict[str, Any]:
     if not message.tool_call_id:
-        raise _bad("a role=tool message needs tool_call_id")
+        raise bad_request("a role=tool message needs tool_call_id")
     block: dict[str, Any] = {"type": "tool_result", "tool_use_id": message.tool_call_id}
     content = _content_blocks(message)
     if content:
@@ -320,99 +278,43 @@ def _tool_result_block(message: ChatMessage) -> dict[str, Any]:
 def _system_text(message: ChatMessage) -> str:
     blocks = _content_blocks(message)
     if any(block["type"] != "text" for block in blocks):
-        raise _bad("a system message may only hold text")
+        raise bad_request("a system message may only hold text")
     return "\n\n".join(block["text"] for block in blocks)
 
 
 def _conversation(messages: list[ChatMessage]) -> tuple[list[str], list[dict[str, Any]]]:
-    """(system texts, Anthropic messages) of an OpenAI conversation.
-
-    System messages are lifted out wherever they stand, since Anthropic takes the system prompt
-    apart from the turns. Tool results go into a user turn. Consecutive turns of one role are
-    merged because Anthropic wants user and assistant to alternate; merging keeps every block
-    in order, so the tool results of parallel calls land in one user turn, ahead of any text.
-    """
-    system: list[str] = []
-    turns: list[dict[str, Any]] = []
-    for message in messages:
-        if message.role in ("system", "developer"):
-            text = _system_text(message)
-            if text:
-                system.append(text)
-            continue
-        if message.role == "user":
-            role, blocks = "user", _content_blocks(message)
-        elif message.role == "assistant":
-            role, blocks = "assistant", _content_blocks(message)
-            if message.tool_calls_json is not None:
-                blocks += _tool_use_blocks(message.tool_calls_json)
-        elif message.role == "tool":
-            role, blocks = "user", [_tool_result_block(message)]
-        else:
-            raise _bad(f"Anthropic does not take messages of role {message.role!r}")
-        if turns and turns[-1]["role"] == role:
-            turns[-1]["content"].extend(blocks)
-        else:
-            turns.append({"role": role, "content": blocks})
-    return system, turns
+    """(system texts, Anthropic messages) of an OpenAI conversation."""
+    return conversation(
+        messages,
+        provider="Anthropic",
+        content=_content_blocks,
+        tool_uses=_tool_use_blocks,
+        tool_result=_tool_result_block,
+        system_text=_system_text,
+    )
 
 
 def _tools(tools: Any) -> list[dict[str, Any]]:
     """OpenAI function tools as Anthropic tools (`parameters` becomes `input_schema`)."""
-    if not isinstance(tools, list):
-        raise _bad("tools_json must be a list of tools")
     out: list[dict[str, Any]] = []
-    for tool in tools:
-        function = tool.get("function") if isinstance(tool, dict) else None
-        if tool.get("type") != "function" or not isinstance(function, dict):
-            raise _bad("Anthropic takes function tools only")
-        if not function.get("name"):
-            raise _bad("a function tool needs a name")
-        converted: dict[str, Any] = {
-            "name": function["name"],
-            "input_schema": function.get("parameters") or {"type": "object", "properties": {}},
-        }
-        if function.get("description"):
-            converted["description"] = function["description"]
+    for tool in function_tools(tools, "Anthropic"):
+        converted: dict[str, Any] = {"name": tool.name, "input_schema": tool.parameters}
+        if tool.description:
+            converted["description"] = tool.description
         out.append(converted)
     return out
 
 
 def _tool_choice(choice: Any) -> dict[str, Any]:
     """OpenAI's tool_choice as Anthropic's: auto, none, required -> any, a function -> tool."""
-    if choice in ("auto", "none"):
-        return {"type": choice}
-    if choice == "required":
-        return {"type": "any"}
-    if isinstance(choice, dict) and choice.get("type") == "function":
-        name = (choice.get("function") or {}).get("name")
-        if name:
-            return {"type": "tool", "name": name}
-    raise _bad(f"tool_choice {choice!r} has no Anthropic equivalent")
+    kind, name = tool_choice(choice, "Anthropic")
+    if kind == "function":
+        return {"type": "tool", "name": name}
+    return {"type": "any" if kind == "required" else kind}
 
 
 def _json_mode_instruction(response_format: Any) -> str | None:
-    """The system instruction that stands in for OpenAI's `response_format`.
-
-    The Messages API has no JSON mode that works across models, so JSON output is asked for in
-    the system prompt. That is a request, not a guarantee: callers must still parse defensively.
-    """
-    if not isinstance(response_format, dict):
-        raise _bad("response_format_json must be a JSON object")
-    kind = response_format.get("type")
-    if kind in (None, "text"):
-        return None
-    if kind == "json_object":
-        return _JSON_INSTRUCTION
-    if kind == "json_schema":
-        spec = response_format.get("json_schema") or {}
-        schema = spec.get("schema") if isinstance(spec, dict) else None
-        if schema is None:
-            return _JSON_INSTRUCTION
-        return f"{_JSON_INSTRUCTION} It must validate against this JSON Schema: " + json.dumps(
-            schema, separators=(",", ":")
-        )
-    raise _bad(f"response_format type {kind!r} has no Anthropic equivalent")
+    return json_mode_instruction(response_format, "Anthropic")
 
 
 def _request(task: InferenceTask, *, sampling: bool) -> dict[str, Any]:
@@ -434,7 +336,7 @@ def _request(task: InferenceTask, *, sampling: bool) -> dict[str, Any]:
         request["stop_sequences"] = list(params.stop)
     if params.response_format_json is not None:
         instruction = _json_mode_instruction(
-            _json(params.response_format_json, "response_format_json")
+            parse_json(params.response_format_json, "response_format_json")
         )
         if instruction:
             system.append(instruction)
@@ -442,15 +344,17 @@ def _request(task: InferenceTask, *, sampling: bool) -> dict[str, Any]:
         request["system"] = "\n\n".join(system)
     extra: dict[str, Any] = {}
     if params.extra_json is not None:
-        extra = _json(params.extra_json, "extra_json")
+        extra = parse_json(params.extra_json, "extra_json")
         if not isinstance(extra, dict):
-            raise _bad("extra_json must be a JSON object")
+            raise bad_request("extra_json must be a JSON object")
     if params.tools_json is not None:
-        tools = _tools(_json(params.tools_json, "tools_json"))
+        tools = _tools(parse_json(params.tools_json, "tools_json"))
         if tools:
             request["tools"] = tools
     if params.tool_choice_json is not None and "tools" in request:
-        request["tool_choice"] = _tool_choice(_json(params.tool_choice_json, "tool_choice_json"))
+        request["tool_choice"] = _tool_choice(
+            parse_json(params.tool_choice_json, "tool_choice_json")
+        )
     if extra.get("parallel_tool_calls") is False and "tools" in request:
         choice = request.setdefault("tool_choice", {"type": "auto"})
         if choice["type"] != "none":

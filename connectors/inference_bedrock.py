@@ -24,8 +24,6 @@ made from the BackendError raised here with the same error classes as the other 
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import functools
 import json
 import threading
@@ -56,6 +54,20 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
     raise ImportError("the bedrock backend needs boto3: pip install 'sluicegate[bedrock]'") from exc
 
 from sluicegate.connectors.inference_openai import retry_after_s
+from sluicegate.connectors.openai_request import (
+    bad_request,
+    content_parts,
+    conversation,
+    decode_base64,
+    function_tools,
+    image_url,
+    json_mode_instruction,
+    openai_tool_call,
+    parse_json,
+    split_data_url,
+    tool_calls,
+    tool_choice,
+)
 from sluicegate.connectors.ports import Completion, Delta
 from sluicegate.errors import BackendError
 from sluicegate.schemas.models import ChatMessage, InferenceTask
@@ -100,7 +112,6 @@ _IMAGE_FORMATS = {
     "image/webp": "webp",
 }
 
-_JSON_INSTRUCTION = "Respond with one valid JSON object and nothing else: no prose, no code fences."
 
 # Error codes (compared lower-cased: an exception event inside a stream names its type in
 # camelCase, `throttlingException`, where an HTTP error says `ThrottlingException`).
@@ -319,26 +330,11 @@ def _prompt_tokens(usage: dict[str, Any]) -> int:
 
 
 def _tool_call(call_id: str, name: str, arguments: object) -> dict[str, Any]:
-    """A `toolUse` block as an OpenAI tool call: the arguments become a JSON string."""
-    return {
-        "id": call_id,
-        "type": "function",
-        "function": {"name": name, "arguments": json.dumps(arguments or {})},
-    }
+    """A `toolUse` block as an OpenAI tool call (a missing input reads as no arguments)."""
+    return openai_tool_call(call_id, name, arguments or {})
 
 
 # -- the request --------------------------------------------------------------------------
-
-
-def _json(text: str, what: str) -> Any:
-    try:
-        return json.loads(text)
-    except ValueError as exc:
-        raise BackendError(f"{what} is not valid JSON: {exc}", error_class="bad_request") from exc
-
-
-def _bad(message: str) -> BackendError:
-    return BackendError(message, error_class="bad_request")
 
 
 def _image_block(part: dict[str, Any]) -> dict[str, Any]:
@@ -347,10 +343,7 @@ def _image_block(part: dict[str, Any]) -> dict[str, Any]:
     Converse takes images inline (or from S3) only; it cannot fetch an http(s) URL, and
     fetching it here would make the gateway an open proxy, so such a request is refused.
     """
-    image = part.get("image_url")
-    url = image.get("url") if isinstance(image, dict) else image
-    if not isinstance(url, str) or not url:
-        raise _bad("an image_url part has no url")
+    url = image_url(part)
     if url.startswith(("http://", "https://")):
         # `unsupported`, not bad_request: a deployment on another provider can take the URL.
         raise BackendError(
@@ -358,71 +351,35 @@ def _image_block(part: dict[str, Any]) -> dict[str, Any]:
             error_class="unsupported",
         )
     if not url.startswith("data:"):
-        raise _bad("an image_url must be a base64 data URL")
-    header, _, data = url.removeprefix("data:").partition(",")
-    media_type, _, encoding = header.partition(";")
-    if encoding != "base64" or not data:
-        raise _bad("an image data URL must be base64-encoded (data:<type>;base64,<data>)")
+        raise bad_request("an image_url must be a base64 data URL")
+    media_type, data = split_data_url(url)
     image_format = _IMAGE_FORMATS.get(media_type)
     if image_format is None:
-        raise _bad(f"Bedrock does not take images of type {media_type!r}")
-    try:
-        raw = base64.b64decode(data, validate=True)
-    except (binascii.Error, ValueError) as exc:
-        raise _bad(f"an image data URL is not valid base64: {exc}") from exc
+        raise bad_request(f"Bedrock does not take images of type {media_type!r}")
     # boto3 base64-encodes blobs itself: it is given the bytes.
-    return {"image": {"format": image_format, "source": {"bytes": raw}}}
+    return {"image": {"format": image_format, "source": {"bytes": decode_base64(data)}}}
 
 
 def _content_blocks(message: ChatMessage) -> list[dict[str, Any]]:
     """The text and image blocks of a message's content (plain text or OpenAI parts)."""
-    if message.content_parts_json is None:
-        # Converse rejects blank text blocks, so an empty content adds no block at all.
-        return [{"text": message.content}] if message.content else []
-    parts = _json(message.content_parts_json, "content_parts_json")
-    if isinstance(parts, str):
-        return [{"text": parts}] if parts else []
-    if not isinstance(parts, list):
-        raise _bad("content_parts_json must be a list of content parts")
-    blocks: list[dict[str, Any]] = []
-    for part in parts:
-        kind = part.get("type") if isinstance(part, dict) else None
-        if kind == "text":
-            if part.get("text"):
-                blocks.append({"text": part["text"]})
-        elif kind == "image_url":
-            blocks.append(_image_block(part))
-        else:
-            raise _bad(f"Bedrock Converse does not take content parts of type {kind!r}")
-    return blocks
+    return [
+        {"text": part} if isinstance(part, str) else _image_block(part)
+        for part in content_parts(message, "Bedrock Converse")
+    ]
 
 
 def _tool_use_blocks(tool_calls_json: str) -> list[dict[str, Any]]:
-    """An assistant's OpenAI tool calls as `toolUse` blocks (arguments parsed back to JSON)."""
-    calls = _json(tool_calls_json, "tool_calls_json")
-    if not isinstance(calls, list):
-        raise _bad("tool_calls_json must be a list of tool calls")
-    blocks: list[dict[str, Any]] = []
-    for call in calls:
-        function = call.get("function") if isinstance(call, dict) else None
-        if not isinstance(function, dict) or not call.get("id") or not function.get("name"):
-            raise _bad("a tool call needs an id and a function name")
-        arguments = function.get("arguments") or "{}"
-        parsed = (
-            _json(arguments, "tool call arguments") if isinstance(arguments, str) else arguments
-        )
-        if not isinstance(parsed, dict):
-            raise _bad("tool call arguments must be a JSON object")
-        blocks.append(
-            {"toolUse": {"toolUseId": call["id"], "name": function["name"], "input": parsed}}
-        )
-    return blocks
+    """An assistant's OpenAI tool calls as `toolUse` blocks."""
+    return [
+        {"toolUse": {"toolUseId": call.id, "name": call.name, "input": call.arguments}}
+        for call in tool_calls(tool_calls_json)
+    ]
 
 
 def _tool_result_block(message: ChatMessage) -> dict[str, Any]:
     """A role=tool message as a `toolResult` block; its text and images become its content."""
     if not message.tool_call_id:
-        raise _bad("a role=tool message needs tool_call_id")
+        raise bad_request("a role=tool message needs tool_call_id")
     return {
         "toolResult": {
             "toolUseId": message.tool_call_id,
@@ -436,65 +393,31 @@ def _tool_result_block(message: ChatMessage) -> dict[str, Any]:
 def _system_text(message: ChatMessage) -> str:
     blocks = _content_blocks(message)
     if any("text" not in block for block in blocks):
-        raise _bad("a system message may only hold text")
+        raise bad_request("a system message may only hold text")
     return "\n\n".join(block["text"] for block in blocks)
 
 
 def _conversation(messages: list[ChatMessage]) -> tuple[list[str], list[dict[str, Any]]]:
-    """(system texts, Converse messages) of an OpenAI conversation.
-
-    System messages are lifted out wherever they stand, since Converse takes the system prompt
-    apart from the turns. Tool results go into a user turn. Consecutive turns of one role are
-    merged because Converse wants user and assistant to alternate; merging keeps every block in
-    order, so the results of parallel calls land in one user turn, ahead of any text. A turn
-    with no block at all (an empty assistant message) is left out: Converse refuses it.
-    """
-    system: list[str] = []
-    turns: list[dict[str, Any]] = []
-    for message in messages:
-        if message.role in ("system", "developer"):
-            text = _system_text(message)
-            if text:
-                system.append(text)
-            continue
-        if message.role == "user":
-            role, blocks = "user", _content_blocks(message)
-        elif message.role == "assistant":
-            role, blocks = "assistant", _content_blocks(message)
-            if message.tool_calls_json is not None:
-                blocks += _tool_use_blocks(message.tool_calls_json)
-        elif message.role == "tool":
-            role, blocks = "user", [_tool_result_block(message)]
-        else:
-            raise _bad(f"Bedrock Converse does not take messages of role {message.role!r}")
-        if not blocks:
-            continue
-        if turns and turns[-1]["role"] == role:
-            turns[-1]["content"].extend(blocks)
-        else:
-            turns.append({"role": role, "content": blocks})
-    return system, turns
+    """(system texts, Converse messages) of an OpenAI conversation. A turn with no block at
+    all (an empty assistant message) is left out: Converse refuses it."""
+    return conversation(
+        messages,
+        provider="Bedrock Converse",
+        content=_content_blocks,
+        tool_uses=_tool_use_blocks,
+        tool_result=_tool_result_block,
+        system_text=_system_text,
+        drop_empty_turns=True,
+    )
 
 
 def _tools(tools: Any) -> list[dict[str, Any]]:
     """OpenAI function tools as Converse `toolSpec`s (`parameters` becomes `inputSchema.json`)."""
-    if not isinstance(tools, list):
-        raise _bad("tools_json must be a list of tools")
     out: list[dict[str, Any]] = []
-    for tool in tools:
-        function = tool.get("function") if isinstance(tool, dict) else None
-        if tool.get("type") != "function" or not isinstance(function, dict):
-            raise _bad("Bedrock Converse takes function tools only")
-        if not function.get("name"):
-            raise _bad("a function tool needs a name")
-        spec: dict[str, Any] = {
-            "name": function["name"],
-            "inputSchema": {
-                "json": function.get("parameters") or {"type": "object", "properties": {}}
-            },
-        }
-        if function.get("description"):
-            spec["description"] = function["description"]
+    for tool in function_tools(tools, "Bedrock Converse"):
+        spec: dict[str, Any] = {"name": tool.name, "inputSchema": {"json": tool.parameters}}
+        if tool.description:
+            spec["description"] = tool.description
         out.append({"toolSpec": spec})
     return out
 
@@ -504,17 +427,12 @@ def _tool_choice(choice: Any) -> dict[str, Any] | None:
 
     `none` has no Converse equivalent; None tells the caller to leave the tools out instead.
     """
-    if choice == "auto":
-        return {"auto": {}}
-    if choice == "none":
+    kind, name = tool_choice(choice, "Bedrock Converse")
+    if kind == "none":
         return None
-    if choice == "required":
-        return {"any": {}}
-    if isinstance(choice, dict) and choice.get("type") == "function":
-        name = (choice.get("function") or {}).get("name")
-        if name:
-            return {"tool": {"name": name}}
-    raise _bad(f"tool_choice {choice!r} has no Bedrock Converse equivalent")
+    if kind == "function":
+        return {"tool": {"name": name}}
+    return {"any": {}} if kind == "required" else {"auto": {}}
 
 
 def _uses_tools(turns: list[dict[str, Any]]) -> bool:
@@ -524,27 +442,7 @@ def _uses_tools(turns: list[dict[str, Any]]) -> bool:
 
 
 def _json_mode_instruction(response_format: Any) -> str | None:
-    """The system instruction that stands in for OpenAI's `response_format`.
-
-    Converse has no JSON mode that works across its models, so JSON output is asked for in the
-    system prompt. That is a request, not a guarantee: callers must still parse defensively.
-    """
-    if not isinstance(response_format, dict):
-        raise _bad("response_format_json must be a JSON object")
-    kind = response_format.get("type")
-    if kind in (None, "text"):
-        return None
-    if kind == "json_object":
-        return _JSON_INSTRUCTION
-    if kind == "json_schema":
-        spec = response_format.get("json_schema") or {}
-        schema = spec.get("schema") if isinstance(spec, dict) else None
-        if schema is None:
-            return _JSON_INSTRUCTION
-        return f"{_JSON_INSTRUCTION} It must validate against this JSON Schema: " + json.dumps(
-            schema, separators=(",", ":")
-        )
-    raise _bad(f"response_format type {kind!r} has no Bedrock Converse equivalent")
+    return json_mode_instruction(response_format, "Bedrock Converse")
 
 
 def _request(task: InferenceTask) -> dict[str, Any]:
@@ -570,7 +468,7 @@ def _request(task: InferenceTask) -> dict[str, Any]:
         request["inferenceConfig"] = inference
     if params.response_format_json is not None:
         instruction = _json_mode_instruction(
-            _json(params.response_format_json, "response_format_json")
+            parse_json(params.response_format_json, "response_format_json")
         )
         if instruction:
             system.append(instruction)
@@ -578,11 +476,11 @@ def _request(task: InferenceTask) -> dict[str, Any]:
         request["system"] = [{"text": text} for text in system]
     tools: list[dict[str, Any]] = []
     if params.tools_json is not None:
-        tools = _tools(_json(params.tools_json, "tools_json"))
+        tools = _tools(parse_json(params.tools_json, "tools_json"))
     if tools:
         choice: dict[str, Any] | None = {"auto": {}}
         if params.tool_choice_json is not None:
-            choice = _tool_choice(_json(params.tool_choice_json, "tool_choice_json"))
+            choice = _tool_choice(parse_json(params.tool_choice_json, "tool_choice_json"))
         if choice is not None:
             request["toolConfig"] = {"tools": tools, "toolChoice": choice}
         elif _uses_tools(turns):
@@ -590,9 +488,9 @@ def _request(task: InferenceTask) -> dict[str, Any]:
             # holds toolUse or toolResult blocks, so they are sent without a choice (auto).
             request["toolConfig"] = {"tools": tools}
     if params.extra_json is not None:
-        extra = _json(params.extra_json, "extra_json")
+        extra = parse_json(params.extra_json, "extra_json")
         if not isinstance(extra, dict):
-            raise _bad("extra_json must be a JSON object")
+            raise bad_request("extra_json must be a JSON object")
         request.update({name: v for name, v in extra.items() if name in _PASSTHROUGH_EXTRA})
     return request
 

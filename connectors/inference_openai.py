@@ -17,6 +17,7 @@ from typing import Any
 import openai
 from openai.types.chat import ChatCompletion
 
+from sluicegate.connectors.openai_request import parse_json
 from sluicegate.connectors.ports import Completion, Delta
 from sluicegate.errors import BackendError, ConfigurationError
 from sluicegate.schemas.models import ChatMessage, InferenceTask
@@ -145,24 +146,17 @@ def _client(deployment: Deployment) -> openai.AsyncOpenAI:
 # -- the request --------------------------------------------------------------------------
 
 
-def _json(text: str, what: str) -> Any:
-    try:
-        return json.loads(text)
-    except ValueError as exc:
-        raise BackendError(f"{what} is not valid JSON: {exc}", error_class="bad_request") from exc
-
-
 def _message(message: ChatMessage) -> dict[str, Any]:
     """One ChatMessage as the OpenAI message object."""
     out: dict[str, Any] = {"role": message.role, "content": message.content}
     if message.content_parts_json is not None:
-        out["content"] = _json(message.content_parts_json, "content_parts_json")
+        out["content"] = parse_json(message.content_parts_json, "content_parts_json")
     if message.name is not None:
         out["name"] = message.name
     if message.tool_call_id is not None:
         out["tool_call_id"] = message.tool_call_id
     if message.tool_calls_json is not None:
-        out["tool_calls"] = _json(message.tool_calls_json, "tool_calls_json")
+        out["tool_calls"] = parse_json(message.tool_calls_json, "tool_calls_json")
     return out
 
 
@@ -189,9 +183,9 @@ def _request(task: InferenceTask) -> dict[str, Any]:
     }
     for name, text in encoded.items():
         if text is not None:
-            request[name] = _json(text, f"{name}_json")
+            request[name] = parse_json(text, f"{name}_json")
     if params.extra_json is not None:
-        extra = _json(params.extra_json, "extra_json")
+        extra = parse_json(params.extra_json, "extra_json")
         if not isinstance(extra, dict):
             raise BackendError("extra_json must be a JSON object", error_class="bad_request")
         extra = {k: v for k, v in extra.items() if k not in _RESERVED_EXTRA}

@@ -25,13 +25,13 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
-from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 
 from aiohttp import web
+
+from tests.fakes.loopback import LoopbackServer
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "providers" / "anthropic"
 
@@ -129,64 +129,29 @@ class Behaviour:
         return cls(fixture=fixture, status=status, retry_after=retry_after)
 
 
-class FakeAnthropicUpstream:
+class FakeAnthropicUpstream(LoopbackServer):
     """The server. `base_url` is valid between `start()` and `stop()`."""
 
     def __init__(
         self, *, host: str = "127.0.0.1", port: int = 0, api_key: str | None = None
     ) -> None:
-        self.host = host
-        self.port = port
+        super().__init__(host=host, port=port)
         self.api_key = api_key  # when set, a request presenting any other key gets a 401
         self.requests: list[dict[str, Any]] = []
         self.headers: list[dict[str, str]] = []
-        self._script: deque[Behaviour] = deque()
         self._ids = itertools.count(1)
-        self._runner: web.AppRunner | None = None
 
     @property
     def base_url(self) -> str:
         return f"http://{self.host}:{self.port}"
-
-    def script(self, *behaviours: Behaviour) -> None:
-        """Queue behaviours for the next requests, one each, in order."""
-        self._script.extend(behaviours)
 
     def reset(self) -> None:
         self._script.clear()
         self.requests.clear()
         self.headers.clear()
 
-    async def start(self) -> Self:
-        app = web.Application(client_max_size=64 * 1024 * 1024)
+    def routes(self, app: web.Application) -> None:
         app.router.add_post("/v1/messages", self._messages)
-        self._runner = web.AppRunner(
-            app,
-            access_log=None,
-            handle_signals=False,
-            handler_cancellation=True,
-            shutdown_timeout=1.0,
-        )
-        await self._runner.setup()
-        await web.TCPSite(self._runner, self.host, self.port).start()
-        self.port = int(self._runner.addresses[0][1])
-        return self
-
-    async def stop(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
-
-    async def __aenter__(self) -> Self:
-        return await self.start()
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.stop()
 
     # -- the handler ----------------------------------------------------------------------
 

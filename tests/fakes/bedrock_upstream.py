@@ -33,14 +33,14 @@ import binascii
 import itertools
 import json
 import struct
-from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 from urllib.parse import unquote
 
 from aiohttp import web
+
+from tests.fakes.loopback import LoopbackServer
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "providers" / "bedrock"
 
@@ -156,7 +156,7 @@ class Behaviour:
         return cls(fixture=fixture)
 
 
-class FakeBedrockUpstream:
+class FakeBedrockUpstream(LoopbackServer):
     """The server. `endpoint_url` is valid between `start()` and `stop()`."""
 
     def __init__(
@@ -167,24 +167,17 @@ class FakeBedrockUpstream:
         access_key: str = ACCESS_KEY,
         region: str = REGION,
     ) -> None:
-        self.host = host
-        self.port = port
+        super().__init__(host=host, port=port)
         self.access_key = access_key
         self.region = region
         self.requests: list[dict[str, Any]] = []
         self.operations: list[tuple[str, str]] = []  # (operation, model id) per request
         self.headers: list[dict[str, str]] = []
-        self._script: deque[Behaviour] = deque()
         self._ids = itertools.count(1)
-        self._runner: web.AppRunner | None = None
 
     @property
     def endpoint_url(self) -> str:
         return f"http://{self.host}:{self.port}"
-
-    def script(self, *behaviours: Behaviour) -> None:
-        """Queue behaviours for the next requests, one each, in order."""
-        self._script.extend(behaviours)
 
     def reset(self) -> None:
         self._script.clear()
@@ -192,37 +185,9 @@ class FakeBedrockUpstream:
         self.operations.clear()
         self.headers.clear()
 
-    async def start(self) -> Self:
-        app = web.Application(client_max_size=64 * 1024 * 1024)
+    def routes(self, app: web.Application) -> None:
         # One catch-all route: a model id may be an ARN, whose `/` botocore sends as %2F.
         app.router.add_post("/{tail:.*}", self._handle)
-        self._runner = web.AppRunner(
-            app,
-            access_log=None,
-            handle_signals=False,
-            handler_cancellation=True,
-            shutdown_timeout=1.0,
-        )
-        await self._runner.setup()
-        await web.TCPSite(self._runner, self.host, self.port).start()
-        self.port = int(self._runner.addresses[0][1])
-        return self
-
-    async def stop(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
-
-    async def __aenter__(self) -> Self:
-        return await self.start()
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.stop()
 
     # -- the handler ----------------------------------------------------------------------
 

@@ -38,12 +38,12 @@ import random
 import signal
 import threading
 import time
-from collections import deque
 from dataclasses import asdict, dataclass
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 
 from aiohttp import web
+
+from tests.fakes.loopback import LoopbackServer
 
 _ERROR_TYPES = {
     400: "invalid_request_error",
@@ -112,7 +112,7 @@ class Behaviour:
         return asdict(self)
 
 
-class FakeOpenAIUpstream:
+class FakeOpenAIUpstream(LoopbackServer):
     """The server. `base_url` is valid between `start()` and `stop()`."""
 
     def __init__(
@@ -130,8 +130,7 @@ class FakeOpenAIUpstream:
             raise ValueError(f"fail_rate must be within [0, 1], not {fail_rate}")
         if fail_status < 400:
             raise ValueError(f"fail_status must be an error status (>= 400), not {fail_status}")
-        self.host = host
-        self.port = port
+        super().__init__(host=host, port=port)
         self.model = model
         self.requests: list[dict[str, Any]] = []
         self.received_at: list[float] = []
@@ -142,17 +141,11 @@ class FakeOpenAIUpstream:
             status=fail_status, message="fake upstream random failure", delay_s=delay_s
         )
         self._default = Behaviour(delay_s=delay_s)
-        self._script: deque[Behaviour] = deque()
         self._ids = itertools.count(1)
-        self._runner: web.AppRunner | None = None
 
     @property
     def base_url(self) -> str:
         return f"http://{self.host}:{self.port}/v1"
-
-    def script(self, *behaviours: Behaviour) -> None:
-        """Queue behaviours for the next chat requests, one each, in order."""
-        self._script.extend(behaviours)
 
     def reset(self) -> None:
         self._script.clear()
@@ -160,42 +153,13 @@ class FakeOpenAIUpstream:
         self.received_at.clear()
         self.random_failures = 0
 
-    async def start(self) -> Self:
-        app = web.Application(client_max_size=64 * 1024 * 1024)
+    def routes(self, app: web.Application) -> None:
         app.router.add_post("/v1/chat/completions", self._chat)
         app.router.add_get("/v1/models", self._models)
         app.router.add_post("/__fake__/script", self._control_script)
         app.router.add_get("/__fake__/requests", self._control_requests)
         app.router.add_post("/__fake__/reset", self._control_reset)
         app.router.add_get("/__fake__/stats", self._control_stats)
-        # Like a real server, stop working on a request whose client has gone (a timeout).
-        self._runner = web.AppRunner(
-            app,
-            access_log=None,
-            handle_signals=False,
-            handler_cancellation=True,
-            shutdown_timeout=1.0,
-        )
-        await self._runner.setup()
-        await web.TCPSite(self._runner, self.host, self.port).start()
-        self.port = int(self._runner.addresses[0][1])
-        return self
-
-    async def stop(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
-
-    async def __aenter__(self) -> Self:
-        return await self.start()
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.stop()
 
     @classmethod
     def start_in_thread(cls, **kwargs: Any) -> UpstreamThread:

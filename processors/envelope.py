@@ -38,6 +38,20 @@ def new_event_id() -> str:
     return str(uuid.uuid4())
 
 
+def system_envelope(*, producer: str) -> dict[str, Any]:
+    """Envelope of an event no request caused (a catalogue version, a health summary): tenant
+    `system`, and a request and trace of its own so correlation fields are never empty."""
+    return {
+        "event_id": new_event_id(),
+        "occurred_at": now(),
+        "tenant_id": "system",
+        "request_id": new_event_id(),
+        "trace_id": new_trace_id(),
+        "span_id": new_span_id(),
+        "producer": producer,
+    }
+
+
 def child_envelope(parent: Event, *, producer: str, span_id: str | None = None) -> dict[str, Any]:
     """Envelope of an event caused by `parent`: same request, trace and run; a child span."""
     return {

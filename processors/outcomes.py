@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from sluicegate.processors.envelope import Emit, new_event_id, new_span_id, new_trace_id, now
+from sluicegate.processors.envelope import Emit, system_envelope
 from sluicegate.schemas.models import DeploymentOutcomes, InferenceFailed, InferenceResult
 
 PRODUCER = "inference"
@@ -57,13 +57,7 @@ class OutcomeAggregator:
 
 def _summary(deployment: str, tally: _Tally) -> Emit:
     event = DeploymentOutcomes(
-        event_id=new_event_id(),
-        occurred_at=now(),
-        tenant_id="system",
-        request_id=new_event_id(),
-        trace_id=new_trace_id(),
-        span_id=new_span_id(),
-        producer=PRODUCER,
+        **system_envelope(producer=PRODUCER),
         deployment=deployment,
         first_at_ms=tally.first_at_ms,
         last_at_ms=tally.last_at_ms,

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
-from sluicegate.processors.envelope import new_event_id, new_span_id, new_trace_id, now
+from sluicegate.processors.envelope import system_envelope
 from sluicegate.schemas.models import CatalogueUpdated
 from sluicegate.schemas.serde import AvroSerde
 from sluicegate.settings import Catalogue, Settings
@@ -26,13 +26,7 @@ Listener = Callable[[Catalogue], None]
 
 def catalogue_event(catalogue: Catalogue, *, source: str) -> CatalogueUpdated:
     return CatalogueUpdated(
-        event_id=new_event_id(),
-        occurred_at=now(),
-        tenant_id="system",
-        request_id=new_event_id(),
-        trace_id=new_trace_id(),
-        span_id=new_span_id(),
-        producer="catalogue",
+        **system_envelope(producer="catalogue"),
         version=catalogue.version,
         catalogue_json=catalogue.model_dump_json(),
         source=source,

@@ -145,14 +145,14 @@ class Admission:
         cache = self._cache
         key = cache.key(request) if cache is not None else None
 
-        def finish(vector: np.ndarray | None = None) -> list[Emit]:
+        def finish(vector: np.ndarray | None = None, *, exact_missed: bool = False) -> list[Emit]:
             hit = None
             if cache is not None and key is not None:
                 if vector is not None:
                     key.vector = vector
-                hit = cache.lookup_exact(key, now_ms=now_ms) or cache.lookup_semantic(
-                    key, now_ms=now_ms
-                )
+                if not exact_missed:
+                    hit = cache.lookup_exact(key, now_ms=now_ms)
+                hit = hit or cache.lookup_semantic(key, now_ms=now_ms)
             if hit is not None:
                 return self._answer_from_cache(request, started, span_id, hit, guarded)
             return self._admit(
@@ -162,11 +162,13 @@ class Admission:
         if cache is None or key is None or not self._defer_embedding:
             return finish()
         # Exact first (microseconds); the semantic tier embeds the question only on a miss.
-        if cache.lookup_exact(key, now_ms=now_ms) is None:
-            text = cache.text_to_embed_for_lookup(key)
-            if text is not None:
-                return AwaitingEmbedding(text, finish)
-        return finish()
+        exact = cache.lookup_exact(key, now_ms=now_ms)
+        if exact is not None:
+            return self._answer_from_cache(request, started, span_id, exact, guarded)
+        text = cache.text_to_embed_for_lookup(key)
+        if text is not None:
+            return AwaitingEmbedding(text, lambda vector: finish(vector, exact_missed=True))
+        return finish(exact_missed=True)
 
     def _answer_from_cache(
         self,

@@ -53,14 +53,14 @@ class InferenceStage:
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         rng: random.Random | None = None,
     ) -> None:
+        resilience = resilience or ResilienceSettings()
         self._backends = backends
         self._deployments = dict(deployments or {})
         self._finisher = Finisher(deployments=self._deployments)
-        self._planner = AttemptPlanner(resilience or ResilienceSettings(), rng or random.Random())
+        self._planner = AttemptPlanner(resilience, rng or random.Random())
         self._health = health
         self._clock_ms = clock_ms
         self._sleep = sleep
-        resilience = resilience or ResilienceSettings()
         self._probe_lease_ms = int(resilience.breaker_cooldown_s * 1000)
         # deployment → (the open_until_ms of the cool-down probed, when this claim lapses)
         self._probes: dict[str, tuple[int, int]] = {}

@@ -18,10 +18,14 @@ from datetime import UTC, date, datetime
 from typing import Any
 
 from sluicegate.schemas.models import (
+    AuditRecord,
     BudgetAlert,
     CostEntry,
     DeadLetter,
     DeploymentHealth,
+    DriftDetected,
+    EvalCaseResult,
+    EvalRunCompleted,
     Event,
     InferenceFailed,
     InferenceResult,
@@ -164,6 +168,7 @@ def cost_row(event: CostEntry) -> Row:
         "estimated_tokens": event.estimated_tokens,
         "cache_hit": event.cache_hit,
         "usd_saved": event.usd_saved,
+        "latency_ms": event.latency_ms,
     }
 
 
@@ -208,6 +213,56 @@ def budget_alert_row(event: BudgetAlert) -> Row:
     }
 
 
+def eval_result_row(event: EvalCaseResult) -> Row:
+    return {
+        **envelope(event),
+        "dataset": event.dataset,
+        "case_id": event.case_id,
+        "metric": event.metric,
+        "score": event.score,
+        "passed": event.passed,
+        "detail": event.detail,
+    }
+
+
+def eval_run_row(event: EvalRunCompleted) -> Row:
+    return {
+        **envelope(event),
+        "dataset": event.dataset,
+        "cases": event.cases,
+        "scores": dict(event.scores),
+    }
+
+
+def audit_row(event: AuditRecord) -> Row:
+    return {
+        **envelope(event),
+        "actor": event.actor,
+        "action": event.action,
+        "resource": event.resource,
+        "detail_json": event.detail_json,
+        "prev_hash": event.prev_hash,
+        "hash": event.hash,
+    }
+
+
+def drift_row(event: DriftDetected) -> Row:
+    return {
+        **envelope(event),
+        "metric": event.metric,
+        "statistic": event.statistic,
+        "value": event.value,
+        "threshold": event.threshold,
+        "window_start": event.window_start_ms,
+        "window_end": event.window_end_ms,
+        "p_value": event.p_value,
+        "reference_count": event.reference_count,
+        "current_count": event.current_count,
+        "reference_mean": event.reference_mean,
+        "current_mean": event.current_mean,
+    }
+
+
 MAPPERS: dict[type[Event], tuple[str, Callable[[Any], Row]]] = {
     RequestReceived: ("requests", request_row),
     ResponseReady: ("responses", response_row),
@@ -219,6 +274,10 @@ MAPPERS: dict[type[Event], tuple[str, Callable[[Any], Row]]] = {
     DeadLetter: ("dead_letters", dead_letter_row),
     DeploymentHealth: ("deployment_health", deployment_health_row),
     BudgetAlert: ("budget_alerts", budget_alert_row),
+    EvalCaseResult: ("eval_results", eval_result_row),
+    EvalRunCompleted: ("eval_runs", eval_run_row),
+    AuditRecord: ("audit", audit_row),
+    DriftDetected: ("drift", drift_row),
 }
 
 TABLES = tuple(sorted({table for table, _ in MAPPERS.values()}))

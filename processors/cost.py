@@ -38,5 +38,6 @@ def cost_entry(result: InferenceResult, *, task: InferenceTask, deployment: Depl
             deployment, prompt_tokens=usage.prompt_tokens, completion_tokens=usage.completion_tokens
         ),
         pricing_version=deployment.pricing_version,
+        latency_ms=round(result.latency_ms),
     )
     return Emit("cost", result.tenant_id, entry)

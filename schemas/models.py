@@ -122,6 +122,7 @@ class CostEntry(Event):
     cache_hit: bool = Field(default=False, description="Answered from the response cache (usd is 0).")
     usd_saved: float = Field(default=0.0, description="For cache hits: what the original call cost.")
     admitted_at_ms: int = Field(default=0, description="Epoch millis of the admission decision: where the rate limiter charged the estimate.")
+    latency_ms: int | None = Field(default=None, description="End-to-end model latency of the answered attempt (null for cache hits); drift and anomaly detection read it here, keyed by tenant.")
 
 
 class DeadLetter(Event):
@@ -187,6 +188,11 @@ class DriftDetected(Event):
     threshold: float = Field(description="Alert threshold.")
     window_start_ms: datetime = Field(description="Window start.")
     window_end_ms: datetime = Field(description="Window end.")
+    p_value: float | None = Field(default=None, description="For ks: the two-sample p-value; null for other statistics.")
+    reference_count: int = Field(default=0, description="Samples in the reference window (for ewma_z: samples seen before this one).")
+    current_count: int = Field(default=0, description="Samples in the monitored window (1 for a single-sample anomaly).")
+    reference_mean: float | None = Field(default=None, description="Mean of the reference (for ewma_z: the EWMA mean); null for vector metrics.")
+    current_mean: float | None = Field(default=None, description="Mean of the monitored window (for ewma_z: the sample itself); null for vector metrics.")
 
 
 class EvalCaseResult(Event):

@@ -49,7 +49,18 @@ from sluicegate.streams.topics import catalogue
 
 log = logging.getLogger(__name__)
 
-SOURCE_TOPICS = ("requests", "responses", "inference.results", "traces", "cost", "health", "alerts")
+SOURCE_TOPICS = (
+    "requests",
+    "responses",
+    "inference.results",
+    "traces",
+    "cost",
+    "health",
+    "alerts",
+    "evals",
+    "audit",
+    "drift",
+)
 
 
 def sink_topics(settings: Settings) -> list[str]:

@@ -21,11 +21,15 @@ from sluicegate.errors import AnalyticsError
 from sluicegate.processors.analytics_rows import rows_for
 from sluicegate.processors.envelope import now
 from sluicegate.schemas.models import (
+    AuditRecord,
     BudgetAlert,
     ChatMessage,
     CostEntry,
     DeadLetter,
     DeploymentHealth,
+    DriftDetected,
+    EvalCaseResult,
+    EvalRunCompleted,
     Event,
     InferenceFailed,
     InferenceResult,
@@ -214,6 +218,7 @@ def dataset() -> list[Event]:
                 user=user,
                 feature=feature,
                 estimated_tokens=16,
+                latency_ms=int(latency),
             )
         )
         events.append(
@@ -284,7 +289,7 @@ def dataset() -> list[Event]:
             stage="admission",
         )
     )
-    events += health_events() + budget_events()
+    events += health_events() + budget_events() + quality_events()
     return events
 
 
@@ -361,6 +366,68 @@ def budget_events() -> list[Event]:
     ]
 
 
+def _drift(seconds: int, metric: str, statistic: str, value: float, **fields: object) -> Event:
+    window = {
+        "window_start_ms": BASE - timedelta(minutes=5),
+        "window_end_ms": BASE,
+        "reference_count": 400,
+        "current_count": 300,
+    }
+    return DriftDetected(
+        **_at(seconds, tenant_id="acme", request_id=""),
+        metric=metric,
+        statistic=statistic,
+        value=value,
+        **(window | fields),
+    )
+
+
+def _audit(seconds: int, action: str, prev_hash: str, hash_: str, tenant: str = "acme") -> Event:
+    return AuditRecord(
+        **_at(seconds, tenant_id=tenant),
+        actor="key:admin1",
+        action=action,
+        resource="key:k1",
+        detail_json="{}",
+        prev_hash=prev_hash,
+        hash=hash_,
+    )
+
+
+def quality_events() -> list[Event]:
+    """Drift: latency PSI (closed twice: one finding) and a cost anomaly. Evals: run r1 with
+    three cases of `exact` (two pass) and its summary. Audit: acme's chain, whose third record
+    does not link, and beta's own chain."""
+    psi = {"threshold": 0.2, "reference_mean": 210.0, "current_mean": 290.0}
+    cases = [("c1", 1.0, True), ("c2", 0.0, False), ("c3", 1.0, True)]
+    return [
+        _drift(5, "latency_ms", "psi", 0.5, **psi),
+        _drift(11, "latency_ms", "psi", 0.5, **psi),  # the same window closed again
+        _drift(6, "usd", "ewma_z", 6.0, threshold=4.0, current_count=1, current_mean=0.3),
+        *(
+            EvalCaseResult(
+                **_at(7 + i, tenant_id="acme", run_id="r1"),
+                dataset="faq",
+                case_id=case,
+                metric="exact",
+                score=score,
+                passed=passed,
+            )
+            for i, (case, score, passed) in enumerate(cases)
+        ),
+        EvalRunCompleted(
+            **_at(12, tenant_id="acme", run_id="r1"),
+            dataset="faq",
+            cases=3,
+            scores={"exact": 2 / 3},
+        ),
+        _audit(1, "key.create", "", "h1"),
+        _audit(2, "key.rotate", "h1", "h2"),
+        _audit(3, "key.revoke", "hX", "h3"),
+        _audit(1, "key.create", "", "b1", tenant="beta"),
+    ]
+
+
 def insert_all(store: AnalyticsSink, events: list[Event]) -> None:
     tables: dict[str, list[dict]] = {}
     for event in events:
@@ -417,6 +484,13 @@ def test_migrations_apply_once_in_order_and_are_recorded(store: ClickHouseAnalyt
         "v_request_attempts",
         "v_routing_per_strategy_day",
         "v_budget_crossings",
+        "eval_results",
+        "eval_runs",
+        "audit",
+        "drift",
+        "v_drift_findings",
+        "v_eval_scores_per_run",
+        "v_audit_actions_per_day",
     } <= tables
 
 
@@ -485,6 +559,7 @@ def check_answers(store: ClickHouseAnalytics) -> None:
     ]
 
     check_gateway_answers(ran)
+    check_quality_answers(ran)
     assert ran == {}, f"shipped queries without a checked answer: {sorted(ran)}"
 
 
@@ -568,6 +643,26 @@ def check_gateway_answers(ran: dict[str, list[dict]]) -> None:
     ]
 
 
+def check_quality_answers(ran: dict[str, list[dict]]) -> None:
+    """The shipped drift, eval and audit queries (popped from `ran` as they are checked)."""
+    start, end = _t(-300), _t(0)
+    drift = ran.pop("drift_findings_last_7_days")
+    assert [tuple(r.values()) for r in drift] == [
+        ("acme", "latency_ms", "psi", start, end, 0.5, 0.2, 210.0, 290.0),
+        ("acme", "usd", "ewma_z", start, end, 6.0, 4.0, None, 0.3),
+    ]
+    evals = ran.pop("eval_scores_per_run")
+    assert [tuple(r.values()) for r in evals] == [
+        ("r1", "faq", "exact", 3, pytest.approx(0.6667), pytest.approx(0.6667))
+    ]
+    trail = ran.pop("audit_trail_chain_check")
+    assert [(r["action"], r["hash"], r["linked"]) for r in trail] == [
+        ("key.create", "h1", True),
+        ("key.rotate", "h2", True),
+        ("key.revoke", "h3", False),
+    ]
+
+
 def check_gateway_views(store: ClickHouseAnalytics) -> None:
     """Every column of the views added by 0004_gateway, on the whole data set."""
 
@@ -618,6 +713,13 @@ def check_gateway_views(store: ClickHouseAnalytics) -> None:
         "SELECT request_id, retry_after_s, headers FROM responses FINAL "
         "WHERE status = 'rejected' ORDER BY request_id"
     ) == [("acme-3", None, {}), ("acme-4", 1.5, {"x-ratelimit-limit-requests": "4"})]
+    assert view("SELECT * FROM v_audit_actions_per_day ORDER BY tenant_id, action") == [
+        (day, "acme", "key:admin1", "key.create", 1),
+        (day, "acme", "key:admin1", "key.revoke", 1),
+        (day, "acme", "key:admin1", "key.rotate", 1),
+        (day, "beta", "key:admin1", "key.create", 1),
+    ]
+    assert view("SELECT countIf(latency_ms IS NULL), max(latency_ms) FROM cost FINAL") == [(1, 30)]
 
 
 DATASET = dataset()

@@ -8,11 +8,15 @@ import pytest
 
 from sluicegate.processors.analytics_rows import ENVELOPE, TABLES, rows_for
 from sluicegate.schemas.models import (
+    AuditRecord,
     BudgetAlert,
     ChatMessage,
     CostEntry,
     DeadLetter,
     DeploymentHealth,
+    DriftDetected,
+    EvalCaseResult,
+    EvalRunCompleted,
     InferenceFailed,
     InferenceResult,
     InferenceTask,
@@ -279,6 +283,57 @@ def test_budget_alert_period_start_becomes_a_date() -> None:
     assert (row["threshold"], row["budget_usd"], row["spent_usd"]) == (0.8, 100.0, 80.5)
 
 
+def test_drift_finding_keeps_its_window_and_means() -> None:
+    start, end = (
+        datetime(2026, 11, 24, 10, 0, tzinfo=UTC),
+        datetime(2026, 11, 24, 10, 5, tzinfo=UTC),
+    )
+    event = DriftDetected(
+        **envelope(),
+        metric="latency_ms",
+        statistic="ks",
+        value=0.31,
+        threshold=0.001,
+        window_start_ms=start,
+        window_end_ms=end,
+        p_value=1e-9,
+        reference_count=400,
+        current_count=380,
+        reference_mean=210.0,
+        current_mean=290.0,
+    )
+    table, row = rows_for(event)
+    assert table == "drift"
+    _envelope_kept(event, row)
+    assert (row["window_start"], row["window_end"]) == (start, end)
+    assert (row["statistic"], row["value"], row["p_value"]) == ("ks", 0.31, 1e-9)
+    assert (row["reference_count"], row["current_count"]) == (400, 380)
+    assert (row["reference_mean"], row["current_mean"]) == (210.0, 290.0)
+
+
+def test_eval_and_audit_rows() -> None:
+    case = EvalCaseResult(
+        **envelope(), dataset="faq", case_id="c1", metric="exact", score=0.0, passed=False
+    )
+    table, row = rows_for(case)
+    assert table == "eval_results"
+    assert (row["case_id"], row["score"], row["passed"], row["detail"]) == ("c1", 0.0, False, None)
+    run = EvalRunCompleted(**envelope(), dataset="faq", cases=2, scores={"exact": 0.5})
+    assert rows_for(run)[0] == "eval_runs" and rows_for(run)[1]["scores"] == {"exact": 0.5}
+    record = AuditRecord(
+        **envelope(),
+        actor="key:a",
+        action="key.revoke",
+        resource="key:k1",
+        detail_json='{"reason": "leaked"}',
+        prev_hash="p",
+        hash="h",
+    )
+    table, row = rows_for(record)
+    assert table == "audit"
+    assert (row["action"], row["prev_hash"], row["hash"]) == ("key.revoke", "p", "h")
+
+
 def test_events_analytics_does_not_store() -> None:
     assert rows_for(RequestAdmitted(**envelope(), model="m")) is None
     # The probe is stored as the open → half_open DeploymentHealth it causes; the task as its
@@ -303,4 +358,8 @@ def test_events_analytics_does_not_store() -> None:
         "dead_letters",
         "deployment_health",
         "budget_alerts",
+        "eval_results",
+        "eval_runs",
+        "audit",
+        "drift",
     }

@@ -226,6 +226,8 @@ async def test_a_priced_deployment_answers_with_a_cost_entry() -> None:
     assert cost.event.pricing_version == "v7" and cost.event.model == "smollm2-135m"
     result = next(e.event for e in emits if e.topic == "inference.results")
     assert cost.event.request_id == result.request_id and cost.event.span_id == result.span_id
+    # Drift and anomaly detection read the attempt's latency from the tenant-keyed ledger.
+    assert cost.event.latency_ms == round(result.latency_ms)
 
 
 async def test_failures_cost_nothing() -> None:

@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from sluicegate.processors.audit import guard_fact
 from sluicegate.processors.cache import (
     CacheHit,
     CacheKey,
@@ -28,10 +29,11 @@ from sluicegate.processors.cache import (
     chunk_from_response,
     response_from_hit,
 )
+from sluicegate.processors.cost import usd
 from sluicegate.processors.envelope import Emit, child_envelope, new_span_id, now, sibling_envelope
 from sluicegate.processors.guard import Guard
 from sluicegate.processors.health import HealthSnapshot
-from sluicegate.processors.limits import LimitDecision, Limiter
+from sluicegate.processors.limits import LimitDecision, Limiter, RuleOverrides
 from sluicegate.processors.routing import RouteDecision, Router, RoutingError, needs_of
 from sluicegate.schemas.models import (
     CostEntry,
@@ -73,15 +75,20 @@ class Admission:
         router: Router | None = None,
         cache: ResponseCache | None = None,
         defer_embedding: bool = False,
+        limit_overrides: RuleOverrides | None = None,
     ) -> None:
         self._settings = settings
         self._cache = cache
         self._defer_embedding = defer_embedding
         self._router = router or Router.from_settings(settings)
-        self._limiter = Limiter(settings.limits, {} if limits_state is None else limits_state)
+        self._limiter = Limiter(
+            settings.limits,
+            {} if limits_state is None else limits_state,
+            overrides=limit_overrides,
+        )
         self._health = health
         self._clock_ms = clock_ms
-        self._guard = Guard(settings.guardrails)
+        self._guard = Guard(settings=settings.guardrails)
         self._checks = ["route", "limits"]
         if self._guard.active:
             self._checks.append("guard")
@@ -120,26 +127,38 @@ class Admission:
                 retry_after_s=error.retry_after_s,
                 attributes={"skipped": _skipped(error.skipped)} if error.skipped else {},
             )
+        reserve = self._max_cost(route, needs.prompt_tokens, needs.completion_tokens)
         limit = self._limiter.check(
-            request.tenant_id, request.api_key_id, request.user, needs.tokens_needed, now_ms
+            request.tenant_id,
+            request.api_key_id,
+            request.user,
+            needs.tokens_needed,
+            now_ms,
+            reserve_usd=reserve,
         )
         if not limit.allowed:
             return self._limited(request, started, span_id, limit)
         guarded: dict[str, str] = {}
+        fact: Emit | None = None
         if self._guard.active:
             outcome = self._guard.check(request)
             guarded = outcome.attributes
+            fact = guard_fact(request, guarded, stage="input", producer=PRODUCER)
             if outcome.rejection is not None:
-                return self._reject(
-                    request,
-                    started,
-                    span_id,
-                    code=outcome.rejection.code,
-                    error_type="invalid_request_error",
-                    message=outcome.rejection.message,
-                    http_status=400,
-                    retry_after_s=None,
-                    attributes=guarded,
+                self._release(request, reserve, now_ms)
+                return self._audited(
+                    fact,
+                    self._reject(
+                        request,
+                        started,
+                        span_id,
+                        code=outcome.rejection.code,
+                        error_type="invalid_request_error",
+                        message=outcome.rejection.message,
+                        http_status=400,
+                        retry_after_s=None,
+                        attributes=guarded,
+                    ),
                 )
             request = outcome.request  # masked or redacted: what the cache and model see
         cache = self._cache
@@ -154,9 +173,24 @@ class Admission:
                     hit = cache.lookup_exact(key, now_ms=now_ms)
                 hit = hit or cache.lookup_semantic(key, now_ms=now_ms)
             if hit is not None:
-                return self._answer_from_cache(request, started, span_id, hit, guarded)
-            return self._admit(
-                request, started, span_id, route, needs.tokens_needed, now_ms, limit, key, guarded
+                self._release(request, reserve, now_ms)
+                return self._audited(
+                    fact, self._answer_from_cache(request, started, span_id, hit, guarded)
+                )
+            return self._audited(
+                fact,
+                self._admit(
+                    request,
+                    started,
+                    span_id,
+                    route,
+                    needs.tokens_needed,
+                    reserve,
+                    now_ms,
+                    limit,
+                    key,
+                    guarded,
+                ),
             )
 
         if cache is None or key is None or not self._defer_embedding:
@@ -164,11 +198,38 @@ class Admission:
         # Exact first (microseconds); the semantic tier embeds the question only on a miss.
         exact = cache.lookup_exact(key, now_ms=now_ms)
         if exact is not None:
-            return self._answer_from_cache(request, started, span_id, exact, guarded)
+            self._release(request, reserve, now_ms)
+            return self._audited(
+                fact, self._answer_from_cache(request, started, span_id, exact, guarded)
+            )
         text = cache.text_to_embed_for_lookup(key)
         if text is not None:
             return AwaitingEmbedding(text, lambda vector: finish(vector, exact_missed=True))
         return finish(exact_missed=True)
+
+    @staticmethod
+    def _audited(fact: Emit | None, emits: list[Emit]) -> list[Emit]:
+        """A guardrail rule decided: its audit fact goes out with the decision's events
+        (before the span, which stays last)."""
+        return [*emits[:-1], fact, emits[-1]] if fact is not None else emits
+
+    def _max_cost(self, route: RouteDecision, prompt_tokens: int, completion_tokens: int) -> float:
+        """The most this request can cost: its estimate at the priciest deployment it may
+        reach (a fallback can cost more than the first choice)."""
+        return max(
+            usd(
+                self._settings.deployment(name),
+                prompt_tokens=prompt_tokens,
+                completion_tokens=completion_tokens,
+            )
+            for name in (route.deployment, *route.fallbacks)
+        )
+
+    def _release(self, request: RequestReceived, reserve_usd: float, now_ms: int) -> None:
+        """Answered without a model call (refused by the guard, or from the cache)."""
+        self._limiter.release(
+            request.tenant_id, request.api_key_id, request.user, reserve_usd, now_ms, now_ms
+        )
 
     def _answer_from_cache(
         self,
@@ -218,6 +279,7 @@ class Admission:
         span_id: str,
         route: RouteDecision,
         estimated_tokens: int,
+        reserve_usd: float,
         now_ms: int,
         limit: LimitDecision,
         cache_key: CacheKey | None,
@@ -239,6 +301,7 @@ class Admission:
             api_key_id=request.api_key_id,
             fallbacks=list(route.fallbacks),
             estimated_tokens=estimated_tokens,
+            reserved_usd=reserve_usd,
             admitted_at_ms=now_ms,
             user=request.user,
             feature=request.metadata.get("feature"),

@@ -255,6 +255,8 @@ def drift_row(event: DriftDetected) -> Row:
         "threshold": event.threshold,
         "window_start": event.window_start_ms,
         "window_end": event.window_end_ms,
+        "reference_start": event.reference_start_ms,
+        "reference_end": event.reference_end_ms,
         "p_value": event.p_value,
         "reference_count": event.reference_count,
         "current_count": event.current_count,

@@ -13,8 +13,10 @@ from datetime import datetime
 
 from sluicegate.connectors.ports import Completion
 from sluicegate.errors import BackendError
+from sluicegate.processors.audit import guard_fact
 from sluicegate.processors.cost import cost_entry, usd
 from sluicegate.processors.envelope import Emit, child_envelope, now, sibling_envelope
+from sluicegate.processors.guard_output import OutputContext, OutputDecision, OutputGuard
 from sluicegate.processors.resilience import Fallback, GiveUp, Retry
 from sluicegate.schemas.models import (
     CacheFill,
@@ -48,8 +50,14 @@ _ERROR_TYPE = {
 class Finisher:
     """Pure event construction for the end of the inference stage."""
 
-    def __init__(self, *, deployments: Mapping[str, Deployment] | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        deployments: Mapping[str, Deployment] | None = None,
+        output_guard: OutputGuard | None = None,
+    ) -> None:
         self._deployments = deployments or {}
+        self._output_guard = output_guard if output_guard and output_guard.active else None
 
     def chunk(
         self,
@@ -83,6 +91,15 @@ class Finisher:
         message = ChatMessage(
             role="assistant", content=completion.text, tool_calls_json=completion.tool_calls_json
         )
+        guarded: tuple[OutputDecision, datetime] | None = None
+        guard = self._output_guard
+        context = OutputContext.of(task) if guard is not None else None
+        if guard is not None and context is not None and guard.applies_to(context):
+            guard_started = now()
+            decision = guard.check(message, context, finish_reason=completion.finish_reason)
+            # What the log keeps is what the caller may see: the masked answer, never the raw.
+            message = decision.message
+            guarded = (decision, guard_started)
         usage = TokenUsage(
             prompt_tokens=completion.prompt_tokens,
             completion_tokens=completion.completion_tokens,
@@ -115,16 +132,49 @@ class Finisher:
             "completion_tokens": str(usage.completion_tokens),
         }
         emits = [
-            Emit("responses", task.request_id, response),
             Emit("inference.results", task.deployment, result),
             self._span(result, started, "ok", attributes),
         ]
+        blocked = False
+        if guarded is not None:
+            decision, guard_started = guarded
+            blocked = decision.block is not None
+            emits.append(self._guard_span(result, decision, guard_started))
+            fact = guard_fact(result, decision.attributes, stage="output", producer=PRODUCER)
+            if fact is not None:
+                emits.append(fact)
+            if decision.block is not None:
+                withheld = RequestRejected(
+                    **sibling_envelope(result, producer=PRODUCER),
+                    stage="output_guard",
+                    error_type=decision.block.error_type,
+                    code=decision.block.code,
+                    message=decision.block.message,
+                    http_status=decision.block.http_status,
+                )
+                emits.insert(0, Emit("responses", task.request_id, withheld))
+        if not blocked:
+            emits.insert(0, Emit("responses", task.request_id, response))
         deployment = self._deployments.get(task.deployment)
-        if deployment is not None:
+        if deployment is not None:  # a withheld answer was still paid for
             emits.append(cost_entry(result, task=task, deployment=deployment))
-        if task.cache_key is not None and completion.finish_reason not in NOT_CACHED:
+        cacheable = completion.finish_reason not in NOT_CACHED and not blocked
+        if task.cache_key is not None and cacheable:
             emits.append(self._cache_fill(task, response, deployment))
         return emits
+
+    @staticmethod
+    def _guard_span(result: InferenceResult, decision: OutputDecision, started: datetime) -> Emit:
+        """The output guard as a stage of its own in the waterfall, under the inference span."""
+        span = Span(
+            **child_envelope(result, producer=PRODUCER),
+            name="output_guard",
+            start_ms=started,
+            end_ms=now(),
+            status="error" if decision.block is not None else "ok",
+            attributes=decision.attributes,
+        )
+        return Emit("traces", result.trace_id, span)
 
     @staticmethod
     def _cache_fill(

@@ -1,9 +1,10 @@
-"""The input guard: PII and prompt-injection checks on what a caller sends, as one decision.
+"""The input guard: PII, prompt-injection and topic checks on what a caller sends, as one decision.
 
 Admission runs it after rate limits and before the cache, so a masked prompt is what gets
 cached and sent to the model, and a blocked one costs no inference. It looks at the messages a
 caller controls (user and tool turns; text content), never at system prompts the platform sets.
-The decision is data: the (possibly rewritten) request, span attributes, or a rejection.
+What to do about a finding is the policy engine's decision (processors/policy.py); the outcome
+is data: the (possibly rewritten) request, span attributes, or a rejection.
 """
 
 from __future__ import annotations
@@ -12,8 +13,9 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from sluicegate.processors.guard_injection import score_injection
-from sluicegate.processors.guard_pii import PiiFinding, redact, scan_pii
-from sluicegate.schemas.models import ChatMessage, RequestReceived
+from sluicegate.processors.guard_pii import PiiFinding, scan_pii
+from sluicegate.processors.policy import Facts, PolicyEngine, Principal
+from sluicegate.schemas.models import RequestReceived
 from sluicegate.settings import GuardrailsSettings
 
 GUARDED_ROLES = frozenset({"user", "tool"})
@@ -33,69 +35,81 @@ class GuardOutcome:
 
 
 class Guard:
-    def __init__(self, settings: GuardrailsSettings) -> None:
-        self._settings = settings
-        self._kinds = frozenset(settings.pii_kinds) if settings.pii_kinds is not None else None
+    """The input guard: what the scanners find in the request, decided by the policy engine.
+
+    With no policy file the engine holds only the rules the settings imply (``settings.*``), so
+    `pii_action` and `injection_action` behave as documented; a policy file adds per-tenant,
+    per-role rules in front of them. Span attributes: ``pii``, ``pii_action``,
+    ``injection_score``, ``injection_signals``, ``topics``, ``topic_terms`` and the decision's
+    ``policy_rule``, ``policy_action``, ``policy_reason`` (``policy_flags``).
+    """
+
+    def __init__(self, *, settings: GuardrailsSettings, engine: PolicyEngine | None = None) -> None:
+        self._engine = engine or PolicyEngine.from_settings(settings)
+
+    @property
+    def engine(self) -> PolicyEngine:
+        return self._engine
 
     @property
     def active(self) -> bool:
-        return self._settings.pii_action != "off" or self._settings.injection_action != "off"
+        """Whether any tenant's input rules need a guard at all (admission's check list)."""
+        return self._engine.active("input")
 
-    def check(self, request: RequestReceived) -> GuardOutcome:
-        attributes: dict[str, str] = {}
+    def active_for(self, tenant: str) -> bool:
+        return self._engine.needs("input", tenant).any
+
+    def check(self, request: RequestReceived, principal: Principal | None = None) -> GuardOutcome:
+        principal = principal or Principal(tenant=request.tenant_id)
+        needs = self._engine.needs("input", principal.tenant)
         guarded = [
             (i, m) for i, m in enumerate(request.messages) if m.role in GUARDED_ROLES and m.content
         ]
-        if self._settings.injection_action != "off" and guarded:
-            verdict = max(
-                (score_injection(m.content or "") for _, m in guarded), key=lambda v: v.score
-            )
-            attributes["injection_score"] = f"{verdict.score:.2f}"
-            if verdict.signals:
-                attributes["injection_signals"] = ",".join(verdict.signals)
-            if (
-                self._settings.injection_action == "block"
-                and verdict.score >= self._settings.injection_threshold
-            ):
-                return GuardOutcome(
-                    request,
-                    attributes,
-                    GuardRejection(
-                        "prompt_injection",
-                        "The request was refused: it looks like a prompt-injection attempt "
-                        f"({', '.join(verdict.signals) or 'heuristic score'}).",
-                    ),
-                )
-        action = self._settings.pii_action
-        if action == "off" or not guarded:
-            return GuardOutcome(request, attributes)
-        findings = {i: scan_pii(m.content or "", self._kinds) for i, m in guarded}
+        if not guarded or not needs.any:
+            return GuardOutcome(request)
+        texts = tuple(m.content or "" for _, m in guarded)
+        attributes: dict[str, str] = {}
+        score, signals = None, ()
+        if needs.injection:
+            verdict = max((score_injection(t) for t in texts), key=lambda v: v.score)
+            score, signals = verdict.score, verdict.signals
+            attributes["injection_score"] = f"{score:.2f}"
+            if signals:
+                attributes["injection_signals"] = ",".join(signals)
+        findings: dict[int, list[PiiFinding]] = {}
+        if needs.pii_kinds:
+            findings = {i: scan_pii(m.content or "", needs.pii_kinds) for i, m in guarded}
         counts = Counter(f.kind for found in findings.values() for f in found)
-        if not counts:
+        topics = (
+            self._engine.topic_matcher.match("\n".join(texts), tenant=principal.tenant)
+            if needs.topics
+            else ()
+        )
+        facts = Facts(
+            principal=principal,
+            model=request.model,
+            pii=dict(counts),
+            injection_score=score,
+            injection_signals=signals,
+            topics=topics,
+            texts=texts if needs.texts else (),
+        )
+        decision = self._engine.evaluate("input", facts)
+        if counts:
+            attributes["pii"] = ",".join(f"{kind}:{n}" for kind, n in sorted(counts.items()))
+            attributes["pii_action"] = decision.action
+        if facts.topics:
+            attributes["topics"] = ",".join(t.name for t in facts.topics)
+            attributes["topic_terms"] = "; ".join(t.explain() for t in facts.topics)
+        attributes.update(decision.attributes())
+        if decision.blocked:
+            rejection = GuardRejection(decision.code or "policy_violation", decision.message or "")
+            return GuardOutcome(request, attributes, rejection)
+        if not decision.rewrites:
             return GuardOutcome(request, attributes)
-        attributes["pii"] = ",".join(f"{kind}:{n}" for kind, n in sorted(counts.items()))
-        attributes["pii_action"] = action
-        if action == "block":
-            return GuardOutcome(
-                request,
-                attributes,
-                GuardRejection(
-                    "pii_detected",
-                    "The request was refused: it contains personal data or secrets "
-                    f"({', '.join(sorted(counts))}). Remove them and try again.",
-                ),
-            )
-        return GuardOutcome(_rewritten(request, findings, action), attributes)
-
-
-def _rewritten(
-    request: RequestReceived, findings: dict[int, list[PiiFinding]], style: str
-) -> RequestReceived:
-    messages: list[ChatMessage] = list(request.messages)
-    for index, found in findings.items():
-        if found:
-            message = messages[index]
-            messages[index] = message.model_copy(
-                update={"content": redact(message.content or "", found, style)}  # type: ignore[arg-type]
-            )
-    return request.model_copy(update={"messages": messages})
+        messages = list(request.messages)
+        for index, message in guarded:
+            content = decision.rewrite(message.content or "", findings.get(index, ()))
+            if content != message.content:
+                messages[index] = message.model_copy(update={"content": content})
+        return GuardOutcome(request.model_copy(update={"messages": messages}), attributes)

@@ -21,6 +21,7 @@ from sluicegate.connectors.ports import Completion, InferenceBackend
 from sluicegate.errors import BackendError
 from sluicegate.processors.envelope import Emit, now
 from sluicegate.processors.finish import Finisher
+from sluicegate.processors.guard_output import OutputGuard
 from sluicegate.processors.health import HealthSnapshot
 from sluicegate.processors.resilience import (
     AttemptPlanner,
@@ -52,11 +53,13 @@ class InferenceStage:
         clock_ms: Callable[[], float] = lambda: time.time() * 1000,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         rng: random.Random | None = None,
+        output_guard: OutputGuard | None = None,
     ) -> None:
         resilience = resilience or ResilienceSettings()
         self._backends = backends
         self._deployments = dict(deployments or {})
-        self._finisher = Finisher(deployments=self._deployments)
+        self._output_guard = output_guard
+        self._finisher = Finisher(deployments=self._deployments, output_guard=output_guard)
         self._planner = AttemptPlanner(resilience, rng or random.Random())
         self._health = health
         self._clock_ms = clock_ms
@@ -71,7 +74,7 @@ class InferenceStage:
         """A new catalogue: tasks started after this call see the new deployments and backends."""
         self._backends = backends
         self._deployments = dict(deployments)
-        self._finisher = Finisher(deployments=self._deployments)
+        self._finisher = Finisher(deployments=self._deployments, output_guard=self._output_guard)
 
     async def run(self, task: InferenceTask) -> AsyncIterator[Emit]:
         if task.not_before_ms is not None:

@@ -19,6 +19,8 @@ keys grows with the subjects seen, not with time):
 * ``tpm:<scope>``          sliding window: ``{"buckets": [[second index, tokens], ...]}``
 * ``usd:day:<scope>``      ``{"period": "2026-11-24", "nusd": spend, "alerted": [0.5, ...]}``
 * ``usd:month:<scope>``    same, with ``"period": "2026-11-01"``
+* ``hold:<scope>``         USD held for admitted requests not yet costed (nano-dollars, in
+  1 s sub-buckets like tokens/min, expiring after ``hold_ttl_s``)
 
 where ``<scope>`` is ``tenant:<tenant_id>``, ``key:<api_key_id>`` or
 ``user:<tenant_id>/<user>`` (end-user ids are only unique within a tenant).
@@ -30,7 +32,7 @@ import math
 from collections.abc import Iterator, Mapping, MutableMapping
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 from sluicegate.settings import LimitRule, LimitsSettings
 
@@ -49,6 +51,8 @@ with this unit refill is an exact integer and never drifts the way a float of to
 NANO_USD = 1_000_000_000
 """Spend is kept in nano-dollars: exact sums, and fine enough for one token of a cheap model."""
 PERIODS: tuple[Period, ...] = ("day", "month")
+HOLD_RETRY_MS = 1_000
+"""Retry-After for a budget full only with holds: in-flight requests settle within seconds."""
 
 
 # --- token bucket (requests per minute) ---------------------------------------------------------
@@ -96,14 +100,14 @@ def _bucket_index(at_ms: int) -> int:
     return at_ms // BUCKET_MS
 
 
-def _oldest_counted(now_ms: int) -> int:
+def _oldest_counted(now_ms: int, window_ms: int = WINDOW_MS) -> int:
     """Index of the oldest sub-bucket still counted at `now_ms`.
 
     One more sub-bucket than the window holds is counted, so the counted span always covers the
     whole of the last 60 s: the limit then holds for *every* 60 s window, at the price of
     refusing up to one sub-bucket (1 s) early.
     """
-    return _bucket_index(now_ms) - _WINDOW_BUCKETS
+    return _bucket_index(now_ms) - window_ms // BUCKET_MS
 
 
 def _leaves_window_ms(index: int) -> int:
@@ -111,8 +115,10 @@ def _leaves_window_ms(index: int) -> int:
     return (index + _WINDOW_BUCKETS + 1) * BUCKET_MS
 
 
-def window_trim(state: Mapping[str, Any] | None, now_ms: int) -> dict[str, list[list[int]]]:
-    oldest = _oldest_counted(now_ms)
+def window_trim(
+    state: Mapping[str, Any] | None, now_ms: int, window_ms: int = WINDOW_MS
+) -> dict[str, list[list[int]]]:
+    oldest = _oldest_counted(now_ms, window_ms)
     buckets = [[int(i), int(n)] for i, n in (state or {}).get("buckets", ()) if int(i) >= oldest]
     return {"buckets": sorted(buckets)}
 
@@ -122,7 +128,11 @@ def window_used(trimmed: Mapping[str, Any]) -> int:
 
 
 def window_charge(
-    state: Mapping[str, Any] | None, tokens: int, at_ms: int, now_ms: int
+    state: Mapping[str, Any] | None,
+    tokens: int,
+    at_ms: int,
+    now_ms: int,
+    window_ms: int = WINDOW_MS,
 ) -> dict[str, list[list[int]]]:
     """Add `tokens` (negative to refund) to the sub-bucket of `at_ms`.
 
@@ -130,9 +140,9 @@ def window_charge(
     corrects. A sub-bucket never goes below zero, so a refund cannot free capacity that other
     requests used; a correction for a sub-bucket already out of the window changes nothing.
     """
-    trimmed = window_trim(state, now_ms)
+    trimmed = window_trim(state, now_ms, window_ms)
     index = _bucket_index(at_ms)
-    if index < _oldest_counted(now_ms) or tokens == 0:
+    if index < _oldest_counted(now_ms, window_ms) or tokens == 0:
         return trimmed
     by_index = {i: n for i, n in trimmed["buckets"]}
     by_index[index] = max(0, by_index.get(index, 0) + tokens)
@@ -257,6 +267,15 @@ def _usd(value: float) -> str:
     return f"${value:,.2f}"
 
 
+class RuleOverrides(Protocol):
+    """Limits bound to a key or tenant where they are managed (the key registry), ahead of
+    the settings' defaults and overrides; None means "no limits of its own"."""
+
+    def key_rule(self, key_id: str) -> LimitRule | None: ...
+
+    def tenant_rule(self, tenant_id: str) -> LimitRule | None: ...
+
+
 class Limiter:
     """Every limit of one request, checked together and consumed only if all of them pass.
 
@@ -264,17 +283,25 @@ class Limiter:
     eat into its tenant's allowance, or a noisy key would starve its siblings.
     """
 
-    def __init__(self, settings: LimitsSettings, state: MutableMapping[str, Any]) -> None:
+    def __init__(
+        self,
+        settings: LimitsSettings,
+        state: MutableMapping[str, Any],
+        *,
+        overrides: RuleOverrides | None = None,
+    ) -> None:
         self._settings = settings
         self._state = state
+        self._overrides = overrides
+        self._hold_ms = int(settings.hold_ttl_s * 1000)
 
     def _subjects(self, tenant_id: str, api_key_id: str | None, user: str | None) -> list[_Subject]:
-        tenant_rule = self._settings.for_tenant(tenant_id)
+        own = self._overrides
+        tenant_rule = (own and own.tenant_rule(tenant_id)) or self._settings.for_tenant(tenant_id)
         subjects = [_Subject("tenant", tenant_id, f"tenant:{tenant_id}", tenant_rule)]
         if api_key_id:
-            subjects.append(
-                _Subject("key", api_key_id, f"key:{api_key_id}", self._settings.for_key(api_key_id))
-            )
+            key_rule = (own and own.key_rule(api_key_id)) or self._settings.for_key(api_key_id)
+            subjects.append(_Subject("key", api_key_id, f"key:{api_key_id}", key_rule))
         if user:
             subjects.append(_Subject("user", user, f"user:{tenant_id}/{user}", self._settings.user))
         return subjects
@@ -286,11 +313,15 @@ class Limiter:
         user: str | None,
         estimated_tokens: int,
         now_ms: int,
+        reserve_usd: float = 0.0,
     ) -> LimitDecision:
         """Admit and consume, or refuse and change nothing.
 
         `estimated_tokens` (prompt + expected completion) is charged to tokens/min now and
-        corrected by `settle` once the real usage is known.
+        corrected by `settle` once the real usage is known. `reserve_usd`, the most the request
+        can cost, is held against every budget it falls under until `release`: budgets count
+        spend plus holds, so concurrent requests cannot all pass a budget that only one fits
+        (the hard stop lands within one request of the limit, not one per request in flight).
         """
         estimated_tokens = max(0, estimated_tokens)
         refusals: list[_Refusal] = []
@@ -345,11 +376,25 @@ class Limiter:
                 retry_after_s=None if worst.wait_ms is None else worst.wait_ms / 1000,
                 headers=headers,
             )
+        hold = to_nusd(reserve_usd)
+        if hold > 0:
+            for subject in self._subjects(tenant_id, api_key_id, user):
+                if _budgeted(subject.rule):
+                    key = f"hold:{subject.scope}"
+                    writes[key] = window_charge(
+                        self._state.get(key), hold, now_ms, now_ms, self._hold_ms
+                    )
         for key, value in writes.items():
             self._state[key] = value
         return LimitDecision(allowed=True, headers=headers)
 
+    def _held_nusd(self, subject: _Subject, now_ms: int) -> int:
+        return window_used(
+            window_trim(self._state.get(f"hold:{subject.scope}"), now_ms, self._hold_ms)
+        )
+
     def _budget_refusals(self, subject: _Subject, now_ms: int) -> Iterator[_Refusal]:
+        held: int | None = None
         for period in PERIODS:
             budget = _budget(subject.rule, period)
             if budget is None:
@@ -361,6 +406,41 @@ class Limiter:
                     f"({_usd(spent / NANO_USD)} this {period}, UTC)"
                 )
                 yield _Refusal("budget_exceeded", message, period_end_ms(period, now_ms) - now_ms)
+                continue
+            held = self._held_nusd(subject, now_ms) if held is None else held
+            if spent + held >= to_nusd(budget):
+                # Requests in flight may leave room when they are costed: retry soon.
+                message = (
+                    f"{subject.label}: {_usd(budget)}/{period} budget spent or held by requests "
+                    f"in flight ({_usd(spent / NANO_USD)} spent, {_usd(held / NANO_USD)} held)"
+                )
+                yield _Refusal("budget_exceeded", message, HOLD_RETRY_MS)
+
+    def release(
+        self,
+        tenant_id: str,
+        api_key_id: str | None,
+        user: str | None,
+        reserved_usd: float,
+        admitted_at_ms: int,
+        now_ms: int,
+    ) -> None:
+        """Give back what `check` held for a request, now that it is costed (or was answered
+        without a model call). A hold never released (the request failed) expires after
+        `hold_ttl_s`."""
+        hold = to_nusd(reserved_usd)
+        if hold <= 0:
+            return
+        for subject in self._subjects(tenant_id, api_key_id, user):
+            if not _budgeted(subject.rule):
+                continue
+            key = f"hold:{subject.scope}"
+            current = self._state.get(key)
+            if current is None:
+                continue
+            updated = window_charge(current, -hold, admitted_at_ms, now_ms, self._hold_ms)
+            if updated != current:
+                self._state[key] = updated
 
     def settle(
         self,
@@ -470,6 +550,10 @@ class Limiter:
                 }
             out[subject.kind] = {"id": subject.id, **periods}
         return out
+
+
+def _budgeted(rule: LimitRule) -> bool:
+    return rule.usd_per_day is not None or rule.usd_per_month is not None
 
 
 def _budget(rule: LimitRule, period: Period) -> float | None:

@@ -35,6 +35,15 @@ class Spend:
                 entry.admitted_at_ms,
                 self._clock_ms(),
             )
+        if entry.reserved_usd > 0 and entry.admitted_at_ms:
+            self._limiter.release(
+                entry.tenant_id,
+                entry.api_key_id,
+                entry.user,
+                entry.reserved_usd,
+                entry.admitted_at_ms,
+                self._clock_ms(),
+            )
         if entry.usd <= 0:
             return []
         at_ms = int(entry.occurred_at.timestamp() * 1000)

@@ -32,6 +32,35 @@ class Event(AvroRecord):
     producer: str = Field(description="Which stage emitted the event (bridge, admission, inference, ...).")
 
 
+class IdentityLimits(AvroRecord):
+    """Rate limits and budgets bound to a key or a tenant; null means unlimited."""
+
+    AVRO_NAME: ClassVar[str] = "io.sluicegate.events.IdentityLimits"
+    requests_per_minute: int | None = Field(default=None, description="Requests per minute.")
+    tokens_per_minute: int | None = Field(default=None, description="Prompt + completion tokens per minute.")
+    usd_per_day: float | None = Field(default=None, description="Spend per UTC day in USD.")
+    usd_per_month: float | None = Field(default=None, description="Spend per UTC month in USD.")
+
+
+class ApiKeyRecord(Event):
+    """The current state of one API key (envelope tenant_id = the owning tenant); compacted topic sg.identity, key `key:<key_id>`. Only an argon2id hash of the secret is stored."""
+
+    AVRO_NAME: ClassVar[str] = "io.sluicegate.events.ApiKeyRecord"
+    key_id: str = Field(description="Public id of the key (12 chars), the middle of sk-sg-<key_id>_<secret>; api_key_id on events.")
+    name: str = Field(default='', description="Human-readable label.")
+    secret_hash: str = Field(description="argon2id PHC string of the secret part of the key.")
+    roles: list[str] = Field(default_factory=list, description="RBAC roles: admin, developer, viewer, service.")
+    allowed_models: list[str] = Field(default_factory=list, description="Model aliases (globs) the key may use; empty: all its tenant may use.")
+    allowed_knowledge_bases: list[str] = Field(default_factory=list, description="Knowledge bases (globs) the key may read; empty: all its tenant may read.")
+    attributes: dict[str, str] = Field(default_factory=dict, description="Attributes for ABAC rules (e.g. department).")
+    limits: IdentityLimits | None = Field(default=None, description="Limits of this key; null: the configured defaults.")
+    status: str = Field(description="active or revoked.")
+    created_at_ms: int = Field(description="When the key was created (ms since the epoch).")
+    expires_at_ms: int | None = Field(default=None, description="When the key stops working (ms since the epoch); null: never.")
+    rotated_from: str | None = Field(default=None, description="key_id of the key this one replaced by rotation.")
+    revision: int = Field(description="Increases with every change of this record; the highest wins when the topic is folded.")
+
+
 class AuditRecord(Event):
     """A tamper-evident audit entry; hash = sha256(prev_hash + canonical body)."""
 
@@ -123,6 +152,7 @@ class CostEntry(Event):
     usd_saved: float = Field(default=0.0, description="For cache hits: what the original call cost.")
     admitted_at_ms: int = Field(default=0, description="Epoch millis of the admission decision: where the rate limiter charged the estimate.")
     latency_ms: int | None = Field(default=None, description="End-to-end model latency of the answered attempt (null for cache hits); drift and anomaly detection read it here, keyed by tenant.")
+    reserved_usd: float = Field(default=0.0, description="What admission held against the request's budgets (its maximum cost); spend releases it when the request is costed.")
 
 
 class DeadLetter(Event):
@@ -183,15 +213,17 @@ class DriftDetected(Event):
 
     AVRO_NAME: ClassVar[str] = "io.sluicegate.events.DriftDetected"
     metric: str = Field(description="What was monitored.")
-    statistic: str = Field(description="psi or ks.")
+    statistic: str = Field(description="psi, ks, centroid or ewma_z.")
     value: float = Field(description="Statistic value.")
     threshold: float = Field(description="Alert threshold.")
     window_start_ms: datetime = Field(description="Window start.")
     window_end_ms: datetime = Field(description="Window end.")
+    reference_start_ms: datetime | None = Field(default=None, description="Start of the reference window; null for ewma_z.")
+    reference_end_ms: datetime | None = Field(default=None, description="End of the reference window; null for ewma_z.")
     p_value: float | None = Field(default=None, description="For ks: the two-sample p-value; null for other statistics.")
     reference_count: int = Field(default=0, description="Samples in the reference window (for ewma_z: samples seen before this one).")
     current_count: int = Field(default=0, description="Samples in the monitored window (1 for a single-sample anomaly).")
-    reference_mean: float | None = Field(default=None, description="Mean of the reference (for ewma_z: the EWMA mean); null for vector metrics.")
+    reference_mean: float | None = Field(default=None, description="Mean of the reference (for ewma_z: the EWMA centre, a geometric mean since scores are on the log scale); null for vector metrics.")
     current_mean: float | None = Field(default=None, description="Mean of the monitored window (for ewma_z: the sample itself); null for vector metrics.")
 
 
@@ -303,6 +335,16 @@ class InferenceTask(Event):
     feature: str | None = Field(default=None, description="Free-form feature tag (metadata `feature`), for attribution.")
     cache_key: str | None = Field(default=None, description="Response-cache scope and key to store the answer under; null when not cacheable.")
     admitted_at_ms: int = Field(default=0, description="Epoch millis of the admission decision: where the rate limiter charged the estimate.")
+    reserved_usd: float = Field(default=0.0, description="What admission held against the request's budgets (its maximum cost); spend releases it when the request is costed.")
+
+
+class PolicyRecord(Event):
+    """A tenant's policy document (envelope tenant_id = the tenant); compacted topic sg.identity, key `policy:<tenant_id>`."""
+
+    AVRO_NAME: ClassVar[str] = "io.sluicegate.events.PolicyRecord"
+    version: str = Field(description="Content hash of the document (sha256:...).")
+    policy_yaml: str = Field(description="The policy document, a YAML mapping; its `access` list holds the tenant's ABAC rules.")
+    revision: int = Field(description="Increases with every change of this record; the highest wins when the topic is folded.")
 
 
 class ProbeStarted(Event):
@@ -406,6 +448,19 @@ class Span(Event):
     attributes: dict[str, str] = Field(default_factory=dict, description="Stage attributes (deployment, decision reason, ...).")
 
 
+class TenantRecord(Event):
+    """The current state of one tenant (envelope tenant_id = the tenant); compacted topic sg.identity, key `tenant:<tenant_id>`."""
+
+    AVRO_NAME: ClassVar[str] = "io.sluicegate.events.TenantRecord"
+    name: str = Field(default='', description="Human-readable name.")
+    status: str = Field(description="active or disabled; a disabled tenant's keys and tokens are refused.")
+    allowed_models: list[str] = Field(default_factory=list, description="Model aliases (globs) the tenant's callers may use; empty: all.")
+    allowed_knowledge_bases: list[str] = Field(default_factory=list, description="Knowledge bases (globs) the tenant's callers may read; empty: all.")
+    attributes: dict[str, str] = Field(default_factory=dict, description="Attributes for ABAC rules, shared by every caller of the tenant.")
+    limits: IdentityLimits | None = Field(default=None, description="Limits of the tenant; null: the configured defaults.")
+    revision: int = Field(description="Increases with every change of this record; the highest wins when the topic is folded.")
+
+
 class TokenChunk(Event):
     """One streamed delta of a response, for SSE."""
 
@@ -417,4 +472,4 @@ class TokenChunk(Event):
     model: str = Field(description="The alias the caller asked for.")
 
 
-EVENT_MODELS: dict[str, type[Event]] = {"AuditRecord": AuditRecord, "BudgetAlert": BudgetAlert, "CacheFill": CacheFill, "CatalogueUpdated": CatalogueUpdated, "ChunkCreated": ChunkCreated, "ChunkEmbedded": ChunkEmbedded, "CostEntry": CostEntry, "DeadLetter": DeadLetter, "DeploymentHealth": DeploymentHealth, "DeploymentOutcomes": DeploymentOutcomes, "DocumentSubmitted": DocumentSubmitted, "DriftDetected": DriftDetected, "EvalCaseResult": EvalCaseResult, "EvalRunCompleted": EvalRunCompleted, "InferenceFailed": InferenceFailed, "InferenceResult": InferenceResult, "InferenceTask": InferenceTask, "ProbeStarted": ProbeStarted, "PromptVersionPublished": PromptVersionPublished, "RequestAdmitted": RequestAdmitted, "RequestEnriched": RequestEnriched, "RequestReceived": RequestReceived, "RequestRejected": RequestRejected, "ResponseReady": ResponseReady, "Span": Span, "TokenChunk": TokenChunk}
+EVENT_MODELS: dict[str, type[Event]] = {"ApiKeyRecord": ApiKeyRecord, "AuditRecord": AuditRecord, "BudgetAlert": BudgetAlert, "CacheFill": CacheFill, "CatalogueUpdated": CatalogueUpdated, "ChunkCreated": ChunkCreated, "ChunkEmbedded": ChunkEmbedded, "CostEntry": CostEntry, "DeadLetter": DeadLetter, "DeploymentHealth": DeploymentHealth, "DeploymentOutcomes": DeploymentOutcomes, "DocumentSubmitted": DocumentSubmitted, "DriftDetected": DriftDetected, "EvalCaseResult": EvalCaseResult, "EvalRunCompleted": EvalRunCompleted, "InferenceFailed": InferenceFailed, "InferenceResult": InferenceResult, "InferenceTask": InferenceTask, "PolicyRecord": PolicyRecord, "ProbeStarted": ProbeStarted, "PromptVersionPublished": PromptVersionPublished, "RequestAdmitted": RequestAdmitted, "RequestEnriched": RequestEnriched, "RequestReceived": RequestReceived, "RequestRejected": RequestRejected, "ResponseReady": ResponseReady, "Span": Span, "TenantRecord": TenantRecord, "TokenChunk": TokenChunk}

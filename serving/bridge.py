@@ -9,7 +9,6 @@ and the request stays journaled.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 import logging
 import math
@@ -23,9 +22,19 @@ from typing import Any
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from sluicegate.errors import BrokerError
+from sluicegate.connectors.key_hashing import Argon2SecretHasher
+from sluicegate.errors import AuthError, BrokerError
+from sluicegate.processors.authz import MODEL_USE, Authorizer, Resource
 from sluicegate.processors.envelope import new_event_id, new_span_id, new_trace_id, now
+from sluicegate.processors.identity import (
+    IdentityRecord,
+    Principal,
+    identity_envelope,
+    record_key,
+    token_from_headers,
+)
 from sluicegate.schemas.models import (
+    AuditRecord,
     Event,
     RequestReceived,
     RequestRejected,
@@ -35,15 +44,17 @@ from sluicegate.schemas.models import (
 )
 from sluicegate.schemas.serde import AvroSerde
 from sluicegate.serving import openai_format as fmt
+from sluicegate.serving.admin_api import AdminApi, AdminAudit
 from sluicegate.serving.idempotency import IdempotencyCache
 from sluicegate.serving.kafka_io import AsyncProducer, ReplyRouter
 from sluicegate.serving.metrics import BridgeMetrics
 from sluicegate.settings import Catalogue, Settings
 from sluicegate.streams.catalogue_view import CatalogueView
+from sluicegate.streams.identity_view import IdentityView
 
 log = logging.getLogger(__name__)
 
-TENANT_HEADER = "X-Sluicegate-Tenant"
+TENANT_HEADER = "X-Sluicegate-Tenant"  # honoured only for anonymous callers (auth.required off)
 TIMEOUT_HEADER = "X-Sluicegate-Timeout"
 # Per-request routing overrides; the same as extra_body={"sluicegate": {...}}.
 OVERRIDE_HEADERS = {"X-Sluicegate-Deployment": "deployment", "X-Sluicegate-Strategy": "strategy"}
@@ -119,8 +130,15 @@ class Bridge:
         self.journal: AsyncProducer | None = None
         self.router: ReplyRouter | None = None
         self.catalogue: CatalogueView | None = None
+        # Who is calling: the key registry (sg.identity), followed from start() on.
+        self.identity = IdentityView(settings=settings, serde=serde)
+        self.authz = Authorizer(
+            settings=settings.auth, tenant_rules=self.identity.registry.access_rules
+        )
         self._requests_topic = settings.topic("requests")
         self._traces_topic = settings.topic("traces")
+        self._identity_topic = settings.topic("identity")
+        self._audit_topic = settings.topic("audit.pending")
         self._in_flight = 0
 
     async def start(self, _app: web.Application | None = None) -> None:
@@ -134,6 +152,7 @@ class Bridge:
             topics=[self.settings.topic("responses"), self.settings.topic("stream")],
         )
         await loop.run_in_executor(None, self.router.start)
+        await loop.run_in_executor(None, self.identity.start)
         # Aliases and /v1/models follow catalogue reloads (the listener runs on the view's thread).
         self.catalogue = CatalogueView(settings=self.settings, serde=self.serde)
         self.catalogue.subscribe(lambda c: loop.call_soon_threadsafe(self._use_catalogue, c))
@@ -146,6 +165,7 @@ class Bridge:
         loop = asyncio.get_running_loop()
         if self.catalogue is not None:
             await loop.run_in_executor(None, self.catalogue.close)
+        await loop.run_in_executor(None, self.identity.close)
         if self.router is not None:
             await loop.run_in_executor(None, self.router.close)
         if self.journal is not None:
@@ -164,7 +184,38 @@ class Bridge:
         app.router.add_get("/healthz", self.healthz)
         app.router.add_get("/readyz", self.readyz)
         app.router.add_get("/metrics", self.metrics_page)
+        AdminApi(
+            registry=self.identity.registry,
+            publisher=self,
+            hasher=Argon2SecretHasher.from_settings(self.settings.auth),
+            settings=self.settings,
+            audit=self.audit,
+            model_names=lambda: [m.name for m in self.settings.models],
+        ).add_routes(app)
         return app
+
+    # -- the admin API's ports ----------------------------------------------------------------
+
+    async def publish(self, record: IdentityRecord) -> None:
+        """Append a key, tenant or policy record to sg.identity (acks=all) and wait for it."""
+        assert self.journal is not None
+        await self.journal.publish(
+            self._identity_topic, record_key(record), self.serde.encode(record)
+        )
+
+    async def audit(self, entry: AdminAudit) -> None:
+        """An admin call, as an audit fact for the audit agent to chain into sg.audit."""
+        assert self.journal is not None
+        record = AuditRecord(
+            **identity_envelope(entry.tenant_id, producer=self.instance_id),
+            actor=entry.actor,
+            action=entry.action,
+            resource=entry.resource,
+            detail_json=entry.detail_json(),
+            prev_hash="",
+            hash="",
+        )
+        await self.journal.publish(self._audit_topic, entry.tenant_id, self.serde.encode(record))
 
     # -- middleware ---------------------------------------------------------------------------
 
@@ -184,6 +235,10 @@ class Bridge:
             response = await handler(request)
         except OpenAIError as error:
             response = error.response()
+        except AuthError as error:
+            response = OpenAIError(
+                error.status, str(error), type_=error.error_type, code=error.code
+            ).response()
         except web.HTTPRequestEntityTooLarge as error:
             response = OpenAIError(
                 413, f"Request body too large: {error.text}", code="request_too_large"
@@ -229,22 +284,46 @@ class Bridge:
             "description": alias.description,
         }
 
-    async def list_models(self, _request: web.Request) -> web.Response:
-        data = [self._model_card(m.name) for m in self.settings.models]
+    async def _principal(self, request: web.Request) -> Principal:
+        return await self.identity.registry.authenticate_async(
+            token_from_headers(request.headers), now_ms=int(time.time() * 1000)
+        )
+
+    def _tenant(self, principal: Principal, request: web.Request) -> str:
+        """The tenant comes from the authenticated identity, never from the request; only an
+        anonymous caller (auth.required off, for development) may name one in a header."""
+        if principal.method == "anonymous":
+            return request.headers.get(TENANT_HEADER) or principal.tenant_id
+        return principal.tenant_id
+
+    def _may_use(self, principal: Principal, tenant: str, model: str) -> bool:
+        return self.authz.authorize(principal, MODEL_USE, Resource(tenant, name=model)).allowed
+
+    async def list_models(self, request: web.Request) -> web.Response:
+        principal = await self._principal(request)
+        tenant = self._tenant(principal, request)
+        data = [
+            self._model_card(m.name)
+            for m in self.settings.models
+            if self._may_use(principal, tenant, m.name)
+        ]
         return web.json_response({"object": "list", "data": data})
 
     async def get_model(self, request: web.Request) -> web.Response:
+        principal = await self._principal(request)
         name = request.match_info["model"]
-        if self.settings.alias(name) is None:
+        allowed = self._may_use(principal, self._tenant(principal, request), name)
+        if self.settings.alias(name) is None or not allowed:
             raise OpenAIError(404, f"The model `{name}` does not exist.", code="model_not_found")
         return web.json_response(self._model_card(name))
 
     async def chat_completions(self, request: web.Request) -> web.StreamResponse:
+        principal = await self._principal(request)
+        tenant = self._tenant(principal, request)
         body = await self._json_body(request)
-        tenant = request.headers.get(TENANT_HEADER) or self.settings.bridge.default_tenant
         timeout_s = self._timeout(request)
         idempotency_key = request.headers.get("Idempotency-Key")
-        journal_event = self._parse(body, request, tenant, idempotency_key, timeout_s)
+        journal_event = self._parse(body, request, principal, tenant, idempotency_key, timeout_s)
         if isinstance(body.get("stream_options"), dict):
             request["stream_options"] = body["stream_options"]
         if self.settings.alias(journal_event.model) is None:
@@ -254,6 +333,7 @@ class Bridge:
                 param="model",
                 code="model_not_found",
             )
+        self.authz.require(principal, MODEL_USE, Resource(tenant, name=journal_event.model))
         if idempotency_key:
             first = self.idempotency.claim(tenant, idempotency_key)
             if first is not None:
@@ -313,13 +393,12 @@ class Bridge:
         self,
         body: Any,
         request: web.Request,
+        principal: Principal,
         tenant: str,
         idempotency_key: str | None,
         timeout_s: float,
     ) -> RequestReceived:
-        authorization = request.headers.get("Authorization", "")
-        token = authorization.removeprefix("Bearer ").strip()
-        api_key_id = f"key-{hashlib.sha256(token.encode()).hexdigest()[:16]}" if token else None
+        api_key_id = None if principal.method == "anonymous" else principal.api_key_id
         overrides = {
             field: request.headers[header]
             for header, field in OVERRIDE_HEADERS.items()
@@ -454,6 +533,7 @@ class Bridge:
         include_usage = _include_usage(request)
         response: web.StreamResponse | None = None
         created = int(time.time())
+        relayed: list[str] = []  # the deltas the caller got, by chunk index
         while True:
             try:
                 item = await asyncio.wait_for(waiter.chunks.get(), max(0.0, deadline - loop.time()))
@@ -467,6 +547,14 @@ class Bridge:
                 if response is None:
                     raise _rejection_error(item)
                 await _sse(response, _rejection_error(item).body)
+                break
+            sequence = _in_sequence(relayed, item)
+            if sequence is False:
+                continue  # relayed already: a redelivered task streaming its answer again
+            if sequence is None:
+                if response is None:
+                    raise _stream_diverged()
+                await _sse(response, _stream_diverged().body)
                 break
             if response is None:
                 response = await _open_sse(request)
@@ -512,6 +600,33 @@ class Bridge:
 def _log_failure(future: asyncio.Future[None]) -> None:
     if not future.cancelled() and future.exception() is not None:
         log.warning("bridge span not published: %s", future.exception())
+
+
+def _stream_diverged() -> OpenAIError:
+    return OpenAIError(
+        502,
+        "The stream was interrupted (the inference worker restarted) and the answer generated "
+        "again differs from what was already sent; retry the request.",
+        type_="server_error",
+        code="stream_diverged",
+    )
+
+
+def _in_sequence(relayed: list[str], chunk: TokenChunk) -> bool | None:
+    """Whether to relay `chunk` (True, and it is recorded), drop it (False) or end the stream
+    with an error (None).
+
+    A task whose inference worker died mid-stream is delivered again and streams its answer
+    again from index 0. A chunk whose index was already relayed is dropped when it carries the
+    same text; when it does not, or when an index is skipped, the caller already holds a prefix
+    of another answer, so the stream cannot go on.
+    """
+    if chunk.index == len(relayed):
+        relayed.append(chunk.delta)
+        return True
+    if chunk.index < len(relayed) and relayed[chunk.index] == chunk.delta:
+        return False
+    return None
 
 
 def _include_usage(request: web.Request) -> bool:

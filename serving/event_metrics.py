@@ -60,6 +60,7 @@ from sluicegate.schemas.models import (
     BudgetAlert,
     CostEntry,
     DeploymentHealth,
+    DriftDetected,
     Event,
     InferenceFailed,
     InferenceResult,
@@ -219,6 +220,17 @@ class EventMetrics:
             "Budget thresholds crossed.",
             ["subject_kind", "threshold", "period", *tenant],
         )
+        self.drift = counter(
+            "sluicegate_drift_detected",
+            "Drift findings: a window moved from its reference (psi, ks, centroid) or one "
+            "sample was an anomaly (ewma_z).",
+            ["metric", "statistic", *tenant],
+        )
+        self.drift_value = gauge(
+            "sluicegate_drift_statistic",
+            "The statistic of the latest drift finding, next to its threshold.",
+            ["metric", "statistic", "kind", *tenant],
+        )
         self._handlers: dict[type[Event], Callable[[Emit, Any], None]] = {
             Span: self._span,
             InferenceTask: self._task,
@@ -229,6 +241,7 @@ class EventMetrics:
             CostEntry: self._cost,
             DeploymentHealth: self._health,
             BudgetAlert: self._budget,
+            DriftDetected: self._drift,
         }
         self._warned: set[type[Event]] = set()
 
@@ -324,6 +337,16 @@ class EventMetrics:
         if self.tenant_labels:
             labels = (*labels, alert.tenant_id)
         self.budget_alerts.child(*labels).inc()
+
+    def _drift(self, emit: Emit, finding: DriftDetected) -> None:
+        tenant = (finding.tenant_id,) if self.tenant_labels else ()
+        self.drift.child(finding.metric, finding.statistic, *tenant).inc()
+        self.drift_value.child(finding.metric, finding.statistic, "value", *tenant).set(
+            finding.value
+        )
+        self.drift_value.child(finding.metric, finding.statistic, "threshold", *tenant).set(
+            finding.threshold
+        )
 
 
 @dataclass

@@ -9,6 +9,13 @@ Many tasks run at once (`worker.inference_concurrency`); offsets are stored only
 oldest task still running, and only after its answer is acknowledged by the broker, so a crash
 re-delivers unfinished tasks (at-least-once) and never skips one.
 
+A redelivered task must not answer its request twice. Tasks come back after a crash of this
+worker (offsets stored but not yet committed) and after a crash of the Faust worker (admission
+runs the RequestReceived again and writes a second attempt-1 task). So a task is skipped when its
+request already has a final result on sg.responses (`AnsweredRequests`, which follows that
+topic's keys — the request ids — from `ANSWERED_WINDOW_S` back, caught up before the first task
+is taken), or when this process already started the same (request_id, attempt).
+
 Retries and fallbacks are decided here (processors/inference.py) with the breakers' state read
 from sg.health, and leave as new tasks; a retry's backoff is waited out by the worker that
 picks the retry up, holding one concurrency slot.
@@ -18,19 +25,29 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
+import time
 import uuid
-from collections.abc import Mapping
+from collections import OrderedDict
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 
-from confluent_kafka import Consumer, Message, TopicPartition
+from confluent_kafka import Consumer, KafkaError, Message, TopicPartition
 
 from sluicegate.connectors.inference import build_backend
 from sluicegate.connectors.ports import InferenceBackend
 from sluicegate.processors.envelope import Emit
+from sluicegate.processors.guard_output import OutputGuard
 from sluicegate.processors.inference import InferenceStage
 from sluicegate.processors.outcomes import OutcomeAggregator
 from sluicegate.processors.rejection import internal_error
-from sluicegate.schemas.models import InferenceFailed, InferenceResult, InferenceTask
+from sluicegate.schemas.models import (
+    InferenceFailed,
+    InferenceResult,
+    InferenceTask,
+    RequestRejected,
+    ResponseReady,
+)
 from sluicegate.schemas.serde import AvroSerde
 from sluicegate.serving.event_metrics import serve_metrics
 from sluicegate.serving.kafka_io import AsyncProducer, DeliveryGroup, fetch_ready
@@ -44,6 +61,10 @@ log = logging.getLogger(__name__)
 STAGE = "inference"
 SHUTDOWN_GRACE_S = 5.0
 OUTCOMES_INTERVAL_S = 0.25
+# How far back a redelivered task's request is looked up on sg.responses; longer than any
+# request's deadline (the bridge's request_timeout_s, 120 s by default) with room to spare.
+ANSWERED_WINDOW_S = 900.0
+STARTED_MEMORY = 100_000  # (request_id, attempt) pairs this process remembers having started
 
 
 class OffsetTracker:
@@ -75,6 +96,107 @@ class OffsetTracker:
             self._next.pop((tp.topic, tp.partition), None)
 
 
+class AnsweredRequests:
+    """The request ids with a final result on sg.responses over the last `window_s`.
+
+    sg.responses is keyed by request_id, so only keys are read (nothing is decoded). `start`
+    assigns every partition from `window_s` ago and returns once it has read up to the high
+    watermarks of that moment; a thread then follows the topic. `add` records a final result
+    this process published, before the topic shows it.
+    """
+
+    def __init__(
+        self,
+        *,
+        bootstrap_servers: str,
+        topic: str,
+        window_s: float = ANSWERED_WINDOW_S,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._topic = topic
+        self._window_s = window_s
+        self._clock = clock
+        self._seen: OrderedDict[str, float] = OrderedDict()  # request_id → when seen, oldest first
+        self._lock = threading.Lock()
+        self._consumer = Consumer(
+            {
+                "bootstrap.servers": bootstrap_servers,
+                "group.id": f"sluicegate-answered-{uuid.uuid4()}",
+                "enable.auto.commit": False,
+                "enable.partition.eof": False,
+                "fetch.wait.max.ms": 100,
+            }
+        )
+        self._running = False
+        self._thread = threading.Thread(target=self._follow, name="answered-view", daemon=True)
+
+    def __contains__(self, request_id: str) -> bool:
+        with self._lock:
+            return request_id in self._seen
+
+    def add(self, request_id: str) -> None:
+        with self._lock:
+            self._seen[request_id] = self._clock()
+            self._seen.move_to_end(request_id)
+
+    def start(self, timeout_s: float = 30.0) -> None:
+        metadata = self._consumer.list_topics(self._topic, timeout=timeout_s).topics[self._topic]
+        since_ms = int((self._clock() - self._window_s) * 1000)
+        wanted = [TopicPartition(self._topic, p, since_ms) for p in metadata.partitions]
+        starts = self._consumer.offsets_for_times(wanted, timeout=timeout_s)
+        highs: dict[int, int] = {}
+        for tp in starts:
+            _low, high = self._consumer.get_watermark_offsets(tp, timeout=timeout_s)
+            if tp.offset < 0:  # nothing that recent: start at the end
+                tp.offset = high
+            if high > tp.offset:
+                highs[tp.partition] = high
+        self._consumer.assign(starts)
+        deadline = time.monotonic() + timeout_s
+        while highs and time.monotonic() < deadline:
+            for message in self._consumer.consume(num_messages=1000, timeout=0.2):
+                if self._take(message) and message.offset() + 1 >= highs.get(
+                    message.partition(), 0
+                ):
+                    highs.pop(message.partition(), None)
+        if highs:
+            log.warning("inference: sg.responses not read up to its end in %ss", timeout_s)
+        self._running = True
+        self._thread.start()
+
+    def close(self) -> None:
+        self._running = False
+        if self._thread.is_alive():
+            self._thread.join(5)
+        self._consumer.close()
+
+    def _follow(self) -> None:
+        while self._running:
+            for message in self._consumer.consume(num_messages=1000, timeout=0.2):
+                self._take(message)
+            self._forget_old()
+
+    def _take(self, message: Message) -> bool:
+        error = message.error()
+        if error is not None:
+            if error.code() != KafkaError._PARTITION_EOF:
+                log.warning("inference: reading sg.responses: %s", error)
+            return False
+        key = message.key()
+        if key:
+            self.add(key.decode(errors="replace"))
+        return True
+
+    def _forget_old(self) -> None:
+        horizon = self._clock() - self._window_s
+        with self._lock:
+            while self._seen:
+                request_id, seen_at = next(iter(self._seen.items()))
+                if seen_at >= horizon:
+                    break
+                del self._seen[request_id]
+
+
 class InferenceWorker:
     def __init__(
         self,
@@ -96,9 +218,15 @@ class InferenceWorker:
             deployments={d.name: d for d in settings.deployments},
             resilience=settings.resilience,
             health=lambda: self._health.snapshots,
+            output_guard=OutputGuard(settings=settings.guardrails),
         )
         self._topics = [settings.topic(f"inference.{p}") for p in (pools or settings.pools)]
         self._tracker = OffsetTracker()
+        self._answered = AnsweredRequests(
+            bootstrap_servers=settings.kafka.bootstrap_servers, topic=settings.topic("responses")
+        )
+        self._started: OrderedDict[tuple[str, int], None] = OrderedDict()
+        self.skipped = 0  # redelivered tasks not run again
         self._fetcher = ThreadPoolExecutor(1, thread_name_prefix="inference-fetch")
         self._consumer = Consumer(
             {
@@ -130,6 +258,7 @@ class InferenceWorker:
             bootstrap_servers=self._settings.kafka.bootstrap_servers, loop=loop
         )
         await loop.run_in_executor(None, self._health.start)
+        await loop.run_in_executor(None, self._answered.start)
         self._catalogue.subscribe(lambda c: loop.call_soon_threadsafe(self._reconfigure, c))
         await loop.run_in_executor(None, self._catalogue.start)
         self._consumer.subscribe(self._topics, on_revoke=self._on_revoke)
@@ -156,6 +285,7 @@ class InferenceWorker:
             await loop.run_in_executor(None, self._producer.close)
             await loop.run_in_executor(None, self._health.close)
             await loop.run_in_executor(None, self._catalogue.close)
+            await loop.run_in_executor(None, self._answered.close)
             self._lag.close()
             if self._metrics_server is not None:
                 self._metrics_server.close()
@@ -205,18 +335,39 @@ class InferenceWorker:
         task: InferenceTask | None = None
         assert self._producer is not None
         acks = self._producer.group()
+        answered: str | None = None
         try:
             try:
                 task = self._serde.decode_as(value, InferenceTask)
-                async for emit in self._stage.run(task):
-                    self._send(acks, emit)
+                if self._redelivered(task):
+                    self.skipped += 1
+                    log.info(
+                        "inference: skipped %s attempt %s at %s[%s]@%s: already answered or "
+                        "started (a redelivery)",
+                        task.request_id,
+                        task.attempt,
+                        message.topic(),
+                        message.partition(),
+                        message.offset(),
+                    )
+                else:
+                    async for emit in self._stage.run(task):
+                        self._send(acks, emit)
+                        if isinstance(emit.event, ResponseReady | RequestRejected):
+                            answered = emit.event.request_id
             except Exception as error:  # one bad record must never stop the worker
                 self._send_dead_letter(acks, message, error)
                 if task is not None:
                     self._send(acks, internal_error(task, stage=STAGE, error=error))
+                    answered = task.request_id
             await acks.done()
+            if answered is not None:
+                self._answered.add(answered)
         except Exception:
-            # Not acknowledged by the broker: leave the offset unstored so the task comes back.
+            # Not acknowledged by the broker: leave the offset unstored so the task comes back,
+            # and forget it was started so that it is run when it does.
+            if task is not None:
+                self._started.pop((task.request_id, task.attempt), None)
             log.exception(
                 "inference: could not publish the outcome of %s[%s]@%s",
                 message.topic(),
@@ -232,6 +383,18 @@ class InferenceWorker:
                 )
             except Exception as error:  # partition revoked between finish and store
                 log.debug("inference: offset not stored: %s", error)
+
+    def _redelivered(self, task: InferenceTask) -> bool:
+        """Whether this task was answered or started already; if not, it is started now."""
+        if task.request_id in self._answered:
+            return True
+        key = (task.request_id, task.attempt)
+        if key in self._started:
+            return True
+        self._started[key] = None
+        while len(self._started) > STARTED_MEMORY:
+            self._started.popitem(last=False)
+        return False
 
     def _send(self, acks: DeliveryGroup, emit: Emit) -> None:
         acks.publish(self._settings.topic(emit.topic), emit.key, self._serde.encode(emit.event))

@@ -13,7 +13,15 @@ import threading
 import uuid
 from collections.abc import Callable
 
-from confluent_kafka import OFFSET_END, Consumer, KafkaError, Message, Producer, TopicPartition
+from confluent_kafka import (
+    OFFSET_END,
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Message,
+    Producer,
+    TopicPartition,
+)
 
 from sluicegate.errors import BrokerError
 from sluicegate.schemas.models import Event
@@ -48,20 +56,29 @@ class AsyncProducer:
     The bridge journals requests with it; the inference worker publishes its answers with it.
     Partitioning is murmur2, Java's and aiokafka's default, so a tenant's records land on the same
     partition whether librdkafka or Faust wrote them: the co-partitioned agents depend on it.
+
+    A fatal error of the idempotent producer (librdkafka gives up on the sequence numbers it can
+    no longer vouch for, e.g. after the broker lost or fenced its producer state) leaves it
+    unable to produce ever again. The next `produce` then re-creates the producer: records still
+    queued in the old one fail (their callers see an error: whether they were written is not
+    known, so the bridge answers 503 and the inference worker leaves its offset uncommitted).
     """
 
     def __init__(self, *, bootstrap_servers: str, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
-        self._producer = Producer(
-            {
-                "bootstrap.servers": bootstrap_servers,
-                "enable.idempotence": True,
-                "acks": "all",
-                "linger.ms": 1,
-                "socket.nagle.disable": True,
-                "partitioner": "murmur2_random",
-            }
-        )
+        self._config = {
+            "bootstrap.servers": bootstrap_servers,
+            "enable.idempotence": True,
+            "acks": "all",
+            "linger.ms": 1,
+            "socket.nagle.disable": True,
+            "partitioner": "murmur2_random",
+            "error_cb": self._on_error,
+        }
+        self._fatal: KafkaError | None = None
+        self._swap = threading.Lock()
+        self.recreated = 0  # how often a fatal error replaced the producer
+        self._producer = Producer(self._config)
         self._running = True
         self._thread = threading.Thread(target=self._poll, name="journal-poll", daemon=True)
         self._thread.start()
@@ -83,14 +100,46 @@ class AsyncProducer:
     def produce_raw(
         self, topic: str, key: str | bytes | None, value: bytes, on_delivery: Callable[..., None]
     ) -> None:
+        if isinstance(key, str):
+            key = key.encode()
+        if self._fatal is not None:
+            self._recreate()
         try:
-            if isinstance(key, str):
-                key = key.encode()
             self._producer.produce(topic, key=key, value=value, on_delivery=on_delivery)
         except BufferError as exc:
             raise BrokerError(
                 "the producer's local queue is full", topic=topic, retriable=True
             ) from exc
+        except KafkaException as exc:
+            error = exc.args[0] if exc.args else None
+            if not (isinstance(error, KafkaError) and error.fatal()):
+                raise
+            self._fatal = error  # raised before the error callback ran: same remedy
+            self._recreate()
+            self._producer.produce(topic, key=key, value=value, on_delivery=on_delivery)
+
+    def _on_error(self, error: KafkaError) -> None:
+        """librdkafka's error callback (on the poll thread): remember a fatal error."""
+        if error.fatal():
+            log.error("producer: fatal error, it will be re-created: %s", error)
+            self._fatal = error
+        else:
+            log.debug("producer: %s", error)
+
+    def _recreate(self) -> None:
+        """Replace a producer that hit a fatal error; fail whatever it still held."""
+        with self._swap:
+            if self._fatal is None:  # another caller did it meanwhile
+                return
+            old, self._producer = self._producer, Producer(self._config)
+            self._fatal = None
+            self.recreated += 1
+        try:
+            old.purge(in_queue=True, in_flight=True)
+            old.poll(0)  # their delivery callbacks (errors) run now
+        except Exception as exc:  # a fatal producer may refuse even that
+            log.warning("producer: purging the failed producer: %s", exc)
+        log.warning("producer: re-created after a fatal error")
 
     def ready(self, timeout_s: float = 5.0) -> bool:
         try:

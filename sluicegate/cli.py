@@ -12,6 +12,8 @@ sluicegate send FILE   publish a RequestReceived from an OpenAI-style JSON body
 sluicegate tail TOPIC  decode a topic's Avro records to JSON lines
 sluicegate trace ID    a request's spans (bridge, admission, inference) as a waterfall
 sluicegate trace-export  the traces topic → an OpenTelemetry backend over OTLP/HTTP (optional)
+sluicegate keys create|list|rotate|revoke   API keys on sg.identity (operator)
+sluicegate audit verify  check the audit trail's hash chains
 """
 
 from __future__ import annotations
@@ -27,6 +29,8 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from sluicegate.cli_identity import add_parsers as add_identity_parsers
+from sluicegate.cli_identity import bootstrap_key
 from sluicegate.settings import Settings
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -57,6 +61,7 @@ def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
     created = ensure_topics(settings)
     print(f"topics: {len(created)} created", flush=True)
     state = _state_dir()
+    token = bootstrap_key(settings, state)
     pids = state / "up.pids"
     names = ("worker", "inference", "bridge", "sink")
     children = [_spawn(name, state / f"{name}.log" if args.detach else None) for name in names]
@@ -69,9 +74,16 @@ def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
         print(f"sluicegate did not become ready; see {where}", file=sys.stderr)
         return 1
     print(f"\nsluicegate is up at {url}/v1  (models: {', '.join(m.name for m in settings.models)})")
+    auth = ""
+    if token:
+        print(f"your admin key (also in {state / 'bootstrap-key'}): {token}")
+        auth = f"-H 'Authorization: Bearer {token}' "
     print(
-        "try:\n  curl -s " + url + "/v1/chat/completions -H 'Content-Type: application/json' "
-        f'-d \'{{"model": "{model}", "messages": [{{"role": "user", "content": '
+        "try:\n  curl -s "
+        + url
+        + "/v1/chat/completions -H 'Content-Type: application/json' "
+        + auth
+        + f'-d \'{{"model": "{model}", "messages": [{{"role": "user", "content": '
         '"Say hello in five words."}]}\'\n',
         flush=True,
     )
@@ -443,6 +455,7 @@ def parser() -> argparse.ArgumentParser:
     tail.add_argument("--from-beginning", action="store_true")
     tail.add_argument("--limit", type=int)
     tail.add_argument("--idle-exit", type=float, help="stop after this many idle seconds")
+    COMMANDS.update(add_identity_parsers(sub))
     return root
 
 

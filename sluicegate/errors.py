@@ -8,8 +8,20 @@
     ├── RegistryError                    the schema registry refused or was unreachable
     ├── BrokerError                      Kafka refused or timed out (topic, retriable)
     ├── AnalyticsError                   the analytics store (ClickHouse, chDB) failed (retriable)
-    └── BackendError                     an inference backend failed (error_class, status_code,
-                                         retriable, retry_after_s) — mapped to InferenceFailed
+    ├── BackendError                     an inference backend failed (error_class, status_code,
+    │                                    retriable, retry_after_s) — mapped to InferenceFailed
+    └── AuthError                        a caller is not let in (code, status, error_type)
+        ├── AuthenticationError          401: who is calling is not established
+        │   ├── MissingCredentialsError      no API key or token (missing_api_key)
+        │   ├── MalformedCredentialsError    not shaped like a key or a JWT (invalid_api_key)
+        │   ├── UnknownKeyError              no such key, or the secret does not match
+        │   │                                (invalid_api_key: the two are not told apart)
+        │   ├── RevokedKeyError              the key was revoked (revoked_api_key)
+        │   ├── ExpiredCredentialsError      the key or the token expired (expired_api_key,
+        │   │                                expired_token)
+        │   └── InvalidTokenError            a JWT failed verification (invalid_token)
+        └── PermissionDeniedError        403: known caller, not allowed (rule, reason)
+            └── TenantDisabledError          the caller's tenant is disabled or unknown
 
 Flow-control signals are not errors: an event that cannot be processed is dead-lettered (see
 `streams/dlq.py`) and the stream moves on.
@@ -79,3 +91,66 @@ class BackendError(SluicegateError):
         self.status_code = status_code
         self.retriable = retriable
         self.retry_after_s = retry_after_s
+
+
+class AuthError(SluicegateError):
+    """A caller is not let in. `status` is the HTTP status, `code` the OpenAI-style error code,
+    `error_type` the OpenAI-style error type; the message never contains a secret."""
+
+    status: int = 401
+    code: str = "invalid_api_key"
+    error_type: str = "authentication_error"
+
+    def __init__(self, message: str, *, code: str | None = None) -> None:
+        super().__init__(message)
+        if code is not None:
+            self.code = code
+
+
+class AuthenticationError(AuthError):
+    """401: who is calling could not be established."""
+
+
+class MissingCredentialsError(AuthenticationError):
+    code = "missing_api_key"
+
+
+class MalformedCredentialsError(AuthenticationError):
+    code = "invalid_api_key"
+
+
+class UnknownKeyError(AuthenticationError):
+    """No such key, or the secret does not match it; callers cannot tell which."""
+
+    code = "invalid_api_key"
+
+
+class RevokedKeyError(AuthenticationError):
+    code = "revoked_api_key"
+
+
+class ExpiredCredentialsError(AuthenticationError):
+    code = "expired_api_key"
+
+
+class InvalidTokenError(AuthenticationError):
+    code = "invalid_token"
+
+
+class PermissionDeniedError(AuthError):
+    """403: the caller is known but not allowed; `rule` names the rule that refused."""
+
+    status = 403
+    code = "permission_denied"
+    error_type = "permission_error"
+
+    def __init__(
+        self, message: str, *, rule: str = "", reason: str = "", code: str | None = None
+    ) -> None:
+        super().__init__(message, code=code)
+        self.rule = rule
+        self.reason = reason or message
+
+
+class TenantDisabledError(PermissionDeniedError):
+    code = "tenant_disabled"

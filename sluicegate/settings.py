@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -269,6 +270,12 @@ class LimitsSettings(BaseModel):
         default_factory=lambda: [0.5, 0.8, 1.0],
         description="Shares of a budget at which a BudgetAlert event is emitted.",
     )
+    hold_ttl_s: float = Field(
+        default=300.0,
+        gt=0,
+        description="How long an admitted request's budget hold lasts when no cost settles it "
+        "(a failed request); at least the longest request timeout.",
+    )
 
     @property
     def counts_spend(self) -> bool:
@@ -332,6 +339,97 @@ class TracingSettings(BaseModel):
     )
 
 
+class KnowledgeBaseSettings(BaseModel):
+    """How one knowledge base is chunked and embedded (processors/chunking.py).
+
+    Sizes are in tokens of the configured tokenizer (all-MiniLM-L6-v2's WordPiece by default),
+    and the MiniLM embedder reads at most 256 of them: keep `chunk_tokens` at or below that.
+    """
+
+    chunker: Literal["recursive", "sliding", "semantic", "hierarchical"] = "recursive"
+    chunk_tokens: int = Field(
+        default=200, ge=8, description="Largest chunk (the child chunk under `hierarchical`)."
+    )
+    overlap_tokens: int = Field(default=40, ge=0, description="Window overlap (`sliding`).")
+    min_chunk_tokens: int | None = Field(
+        default=None,
+        ge=0,
+        description="Smaller chunks join a neighbour (default: chunk_tokens/4; 32 `semantic`).",
+    )
+    parent_tokens: int = Field(default=800, ge=16, description="Parent size (`hierarchical`).")
+    breakpoint_percentile: float = Field(
+        default=90.0, gt=0, lt=100, description="Distance percentile that breaks (`semantic`)."
+    )
+    embedding_model: str = Field(
+        default="all-MiniLM-L6-v2", description="Recorded with every vector; a change re-embeds."
+    )
+    collection: str | None = Field(
+        default=None, description="Vector-store collection; default: the knowledge base's name."
+    )
+
+    @model_validator(mode="after")
+    def _sizes(self) -> KnowledgeBaseSettings:
+        if self.chunker == "sliding" and self.overlap_tokens >= self.chunk_tokens:
+            raise ValueError("overlap_tokens must be less than chunk_tokens")
+        if self.chunker == "hierarchical" and self.parent_tokens <= self.chunk_tokens:
+            raise ValueError("parent_tokens must be larger than chunk_tokens")
+        return self
+
+
+class RagSettings(BaseModel):
+    """Retrieval-augmented generation: knowledge bases, the vector store, fusion, reranking."""
+
+    knowledge_bases: dict[str, KnowledgeBaseSettings] = Field(
+        default_factory=dict, description="Knowledge-base name → its chunking and embedding."
+    )
+    store: Literal["lancedb", "weaviate"] = "lancedb"
+    path: Path = Field(
+        default=Path("~/.sluicegate/lancedb"),
+        validate_default=True,
+        description="LanceDB directory; `~` and relative paths are made absolute.",
+    )
+    weaviate_url: str | None = Field(default=None, description="e.g. http://weaviate:8080.")
+    weaviate_grpc_port: int = Field(default=50051, ge=1, le=65535)
+    weaviate_api_key: SecretStr | None = None
+    tokenizer: Literal["auto", "minilm", "regex"] = Field(
+        default="auto", description="Counts chunk and context tokens; `auto`: MiniLM if installed."
+    )
+    routing: Literal["auto", "hybrid", "semantic", "keyword"] = Field(
+        default="hybrid", description="Which retrievers a query uses; `auto` decides per query."
+    )
+    fusion: Literal["rrf", "weighted"] = "rrf"
+    dense_weight: float = Field(default=0.7, ge=0, description="Dense share of the fused score.")
+    keyword_weight: float = Field(default=0.3, ge=0, description="BM25 share of the fused score.")
+    rrf_k: int = Field(default=60, ge=1, description="Reciprocal-rank-fusion constant.")
+    candidates: int = Field(default=40, ge=1, description="Hits per retriever before fusion.")
+    top_k: int = Field(default=5, ge=1, description="Chunks kept after fusion and reranking.")
+    reranker: Literal["none", "blend"] = Field(
+        default="blend", description="`blend`: MiniLM cosine + BM25 + term-coverage features."
+    )
+    context_token_budget: int = Field(default=1500, ge=1)
+
+    @field_validator("path")
+    @classmethod
+    def _absolute_path(cls, path: Path) -> Path:
+        return path.expanduser().resolve()
+
+    @model_validator(mode="after")
+    def _weights(self) -> RagSettings:
+        if self.dense_weight + self.keyword_weight <= 0:
+            raise ValueError("rag: dense_weight + keyword_weight must be positive")
+        if self.store == "weaviate" and not self.weaviate_url:
+            raise ValueError("rag: store `weaviate` needs weaviate_url")
+        return self
+
+    def knowledge_base(self, name: str) -> KnowledgeBaseSettings:
+        """A configured knowledge base; KeyError for an unknown name."""
+        return self.knowledge_bases[name]
+
+    def collection(self, name: str) -> str:
+        kb = self.knowledge_bases.get(name)
+        return (kb.collection if kb and kb.collection else None) or name
+
+
 def _revealed(value: Any) -> Any:
     """JSON-able, with secrets in clear: `model_dump` masks SecretStr as "**********", which a
     child process would then read as the password itself."""
@@ -348,9 +446,36 @@ def _revealed(value: Any) -> Any:
     return value
 
 
+class BannedTopic(BaseModel):
+    """A topic answers must not be about, scored by the terms it matches (guard_topics.py).
+
+    Keywords and phrases match whole words of the normalized text (lowercase, accents folded);
+    a trailing `*` also matches longer words ("bomb*": bombs, bomber). Patterns are regexes on
+    the same text. Each distinct term that matches adds its weight (1 in list form); the topic
+    fires when the sum reaches `threshold`.
+    """
+
+    name: str = Field(min_length=1)
+    keywords: list[str] | dict[str, float] = Field(default_factory=list)
+    patterns: list[str] | dict[str, float] = Field(default_factory=list)
+    threshold: float = Field(default=1.0, gt=0)
+    tenants: list[str] | None = Field(default=None, description="Only these tenants; null: all.")
+
+    @model_validator(mode="after")
+    def _has_terms(self) -> BannedTopic:
+        if not self.keywords and not self.patterns:
+            raise ValueError(f"topic {self.name!r} has neither keywords nor patterns")
+        for pattern in self.patterns:
+            try:
+                re.compile(pattern)
+            except re.error as error:
+                raise ValueError(f"topic {self.name!r}: bad pattern {pattern!r}: {error}") from None
+        return self
+
+
 class GuardrailsSettings(BaseModel):
     """Input guardrails run by admission on user and tool messages, before the cache and the
-    model see them."""
+    model see them; output guardrails on answers (guard_output.py); the policy engine's file."""
 
     pii_action: Literal["off", "mask", "redact", "block"] = Field(
         default="off",
@@ -365,6 +490,200 @@ class GuardrailsSettings(BaseModel):
         description="Prompt injection: flag (score on the trace), block (400 `prompt_injection`).",
     )
     injection_threshold: float = Field(default=0.5, gt=0, le=1)
+    output_pii_action: Literal["off", "mask", "redact", "block"] = Field(
+        default="off",
+        description="PII leaking into answers (text and tool-call arguments): mask, redact, "
+        "block (502 `output_pii_detected`).",
+    )
+    output_pii_kinds: list[str] | None = Field(
+        default=None, description="Kinds to look for in answers; null: all."
+    )
+    banned_topics: list[BannedTopic] = Field(
+        default_factory=list, description="Topics answers must not be about (keywords, regexes)."
+    )
+    topic_action: Literal["off", "flag", "block"] = Field(
+        default="block",
+        description="An answer on a banned topic: flag (trace only), block (502 `banned_topic`).",
+    )
+    json_schema_action: Literal["off", "flag", "block"] = Field(
+        default="flag",
+        description="An answer that misses the requested response_format (json_object / "
+        "json_schema): flag (trace only), block (502 `invalid_json_output`).",
+    )
+    policy_file: Path | None = Field(
+        default=None,
+        description="YAML policy (processors/policy.py): per-tenant rules evaluated before the "
+        "rules these settings imply.",
+    )
+
+
+DriftMetric = Literal[
+    "prompt_tokens", "completion_tokens", "latency_ms", "usd", "prompt_embedding", "eval"
+]
+AnomalyMetric = Literal["prompt_tokens", "completion_tokens", "latency_ms", "usd"]
+DRIFT_METRICS: tuple[DriftMetric, ...] = (
+    "prompt_tokens",
+    "completion_tokens",
+    "latency_ms",
+    "usd",
+    "prompt_embedding",
+    "eval",
+)
+ANOMALY_METRICS: tuple[AnomalyMetric, ...] = ("latency_ms", "usd")
+
+
+class DriftTenantOverride(BaseModel):
+    """One tenant's detection thresholds; a field left unset keeps the group's value."""
+
+    psi_threshold: float | None = Field(default=None, gt=0)
+    psi_alpha: float | None = Field(default=None, gt=0, lt=1)
+    ks_alpha: float | None = Field(default=None, gt=0, lt=1)
+    centroid_threshold: float | None = Field(default=None, gt=0, le=2)
+    z_threshold: float | None = Field(default=None, gt=0)
+
+
+class DriftSettings(BaseModel):
+    """Drift detection (processors/drift.py): per tenant and metric, each tumbling window is
+    compared with a reference window (PSI and KS for scalars, centroid distance for prompt
+    embeddings), and latency and cost are scored per request (EWMA z-score)."""
+
+    enabled: bool = True
+    window_s: float = Field(default=300.0, gt=0, description="Tumbling window, event time.")
+    reference: Literal["first", "previous"] = Field(
+        default="previous",
+        description="`previous`: the last closed window that had enough samples; `first`: the "
+        "first such window, pinned.",
+    )
+    min_samples: int = Field(default=50, ge=2, description="Smaller windows are skipped.")
+    max_samples: int = Field(
+        default=1000, ge=2, description="Reservoir size per window (scalar metrics)."
+    )
+    bins: int = Field(default=10, ge=2, description="PSI bins (reference quantiles).")
+    psi_threshold: float = Field(default=0.2, gt=0)
+    psi_alpha: float | None = Field(
+        default=0.001,
+        gt=0,
+        lt=1,
+        description="PSI must also exceed what sampling noise reaches with this probability; "
+        "null: the bare threshold.",
+    )
+    ks_alpha: float = Field(default=0.001, gt=0, lt=1)
+    centroid_threshold: float = Field(
+        default=0.05, gt=0, le=2, description="Debiased cosine distance of prompt centroids."
+    )
+    ewma_alpha: float = Field(default=0.02, gt=0, le=1)
+    z_threshold: float = Field(default=4.0, gt=0)
+    warmup: int = Field(default=50, ge=1, description="Samples before z-scores are judged.")
+    cooldown_s: float = Field(default=300.0, ge=0, description="Quiet time after an anomaly.")
+    metrics: list[DriftMetric] = Field(default_factory=lambda: list(DRIFT_METRICS))
+    anomaly_metrics: list[AnomalyMetric] = Field(default_factory=lambda: list(ANOMALY_METRICS))
+    tenants: dict[str, DriftTenantOverride] = Field(default_factory=dict)
+    lateness_s: float = Field(
+        default=30.0,
+        ge=0,
+        description="A window is closed by the clock this long after its end; later samples "
+        "for it are late.",
+    )
+    embedding_sample_rate: float = Field(
+        default=0.1,
+        ge=0,
+        le=1,
+        description="Share of admitted requests whose prompt is embedded for "
+        "`prompt_embedding` (by a hash of request_id, so replays sample the same requests).",
+    )
+
+    @model_validator(mode="after")
+    def _reservoir_holds_a_window(self) -> DriftSettings:
+        if self.max_samples < self.min_samples:
+            raise ValueError("drift.max_samples must be at least drift.min_samples")
+        return self
+
+
+Role = Literal["admin", "developer", "viewer", "service"]
+JwtAlgorithm = Literal[
+    "HS256", "HS384", "HS512", "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256"
+]
+AttributeCondition = dict[str, str | list[str]]
+
+
+class AccessRule(BaseModel):
+    """One attribute rule (ABAC). Rules are evaluated in order after the role check; the first
+    that matches decides. A rule only narrows what the caller's roles permit, never widens it."""
+
+    model_config = {"frozen": True, "extra": "forbid"}
+
+    name: str = Field(min_length=1, max_length=128)
+    effect: Literal["allow", "deny"]
+    actions: list[str] = Field(
+        default_factory=lambda: ["*"], min_length=1, description="Action globs (`model:*`)."
+    )
+    resources: list[str] = Field(
+        default_factory=lambda: ["*"], min_length=1, description="Resource-name globs."
+    )
+    when: AttributeCondition = Field(
+        default_factory=dict, description="Every attribute must equal (one of) the value(s)."
+    )
+    unless: AttributeCondition = Field(
+        default_factory=dict, description="The rule does not match if any of these holds."
+    )
+    reason: str = Field(default="", max_length=500)
+
+
+class JwtSettings(BaseModel):
+    """JWT bearer tokens as an alternative to API keys (PyJWT)."""
+
+    enabled: bool = False
+    algorithms: list[JwtAlgorithm] = Field(default_factory=lambda: ["RS256"], min_length=1)
+    hmac_secret: SecretStr | None = Field(
+        default=None, description="Shared secret of the HS* algorithms (at least 32 bytes)."
+    )
+    jwks_file: Path | None = Field(
+        default=None, description="JWKS (JSON) with the public keys of the RS/PS/ES algorithms."
+    )
+    issuer: str | None = None
+    audience: str | None = None
+    leeway_s: float = Field(default=30.0, ge=0, le=600)
+    subject_claim: str = "sub"
+    tenant_claim: str = "tenant"
+    roles_claim: str = "roles"
+    models_claim: str | None = None
+    attribute_claims: dict[str, str] = Field(default_factory=dict)
+    require_known_tenant: bool = True
+    max_token_bytes: int = Field(default=8192, ge=256)
+
+    @model_validator(mode="after")
+    def _keys_for_the_algorithms(self) -> JwtSettings:
+        if not self.enabled:
+            return self
+        hmac = any(a.startswith("HS") for a in self.algorithms)
+        if hmac and (self.hmac_secret is None or len(self.hmac_secret.get_secret_value()) < 32):
+            raise ValueError("auth.jwt: HS* algorithms need an hmac_secret of at least 32 bytes")
+        if not all(a.startswith("HS") for a in self.algorithms) and self.jwks_file is None:
+            raise ValueError("auth.jwt: RS/PS/ES algorithms need a jwks_file")
+        return self
+
+
+class AuthSettings(BaseModel):
+    """Identity (API keys, JWT) and authorization of every caller."""
+
+    required: bool = Field(
+        default=True, description="Refuse requests without credentials (nothing open by default)."
+    )
+    key_prefix: str = Field(default="sk-sg-", pattern=r"^[A-Za-z0-9-]{1,16}$")
+    argon2_time_cost: int = Field(default=2, ge=1)
+    argon2_memory_kib: int = Field(default=19456, ge=8)
+    argon2_parallelism: int = Field(default=1, ge=1)
+    cache_max_entries: int = Field(default=10_000, ge=1)
+    cache_ttl_s: float = Field(default=300.0, gt=0)
+    failed_cache_ttl_s: float = Field(default=10.0, ge=0)
+    operator_tenant: str = Field(
+        default="default", description="Tenant whose admins administer every tenant."
+    )
+    bootstrap: bool = True
+    bootstrap_tenant: str = "default"
+    bootstrap_roles: list[Role] = Field(default_factory=lambda: ["admin"], min_length=1)
+    rules: list[AccessRule] = Field(default_factory=list)
+    jwt: JwtSettings = JwtSettings()
 
 
 class Settings(BaseSettings):
@@ -383,7 +702,10 @@ class Settings(BaseSettings):
     limits: LimitsSettings = LimitsSettings()
     cache: CacheSettings = CacheSettings()
     guardrails: GuardrailsSettings = GuardrailsSettings()
+    drift: DriftSettings = DriftSettings()
     tracing: TracingSettings = TracingSettings()
+    auth: AuthSettings = AuthSettings()
+    rag: RagSettings = RagSettings()
     catalogue_file: Path | None = Field(
         default=None,
         description="YAML file with `deployments` and `models`; the environment still overrides.",

@@ -1,12 +1,20 @@
 """The Faust app: the stateful stages' agents, wired to their processors and tables.
 
 - `admission` on sg.requests (by tenant): route, rate limits, budgets → InferenceTask;
-- `spend` on sg.cost (by tenant, co-partitioned with sg.requests): budgets and token settling
-  in the same `limits` table → BudgetAlert;
+- `ledger` on sg.cost (by tenant, co-partitioned with sg.requests): budgets and token settling
+  in the same `limits` table → BudgetAlert, and drift detection of tokens, latency and cost →
+  DriftDetected (each only when configured);
+- `drift_evals` on sg.evals (by run): eval scores into drift detection;
 - `cache_fill` on sg.cache (by tenant): answers stored in the `cache` table admission reads;
+- `audit` on sg.audit.pending (by tenant): audit facts from every stage, hash-chained per
+  tenant into sg.audit, with the chain heads in the `audit` table;
 - `health` on sg.health.outcomes (by deployment; the inference workers' outcome summaries):
   breakers and latency EWMAs in the `health` table → DeploymentHealth on the compacted
   sg.health, which every router reads whole.
+
+Drift detection (processors/drift_stage.py) also runs a timer that closes the windows whose
+traffic stopped and saves the monitor's state to the `drift` table, and a task that embeds a
+sample of admitted prompts off the hot path (streams/drift_io.py).
 
 Tables are changelog-backed (memory store, changelog topics created with the catalogue), so a
 restarted worker resumes with the same counters, budgets and breaker states.
@@ -24,6 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -33,16 +42,23 @@ from faust.types import EventT
 
 from sluicegate.connectors.embeddings import Embedder, single
 from sluicegate.processors.admission import Admission, AwaitingEmbedding
+from sluicegate.processors.audit import AuditChain
 from sluicegate.processors.cache import ResponseCache
 from sluicegate.processors.cache_fill import CacheFiller
+from sluicegate.processors.drift_samples import PromptToEmbed
+from sluicegate.processors.drift_stage import DriftStage
 from sluicegate.processors.envelope import Emit
 from sluicegate.processors.health_stage import HealthStage
+from sluicegate.processors.limits import RuleOverrides
 from sluicegate.processors.rejection import internal_error
 from sluicegate.processors.spend import Spend
 from sluicegate.schemas.models import (
+    AuditRecord,
     CacheFill,
     CostEntry,
     DeploymentOutcomes,
+    EvalCaseResult,
+    EvalRunCompleted,
     Event,
     ProbeStarted,
     RequestReceived,
@@ -52,6 +68,7 @@ from sluicegate.serving.event_metrics import EventMetrics
 from sluicegate.settings import Settings
 from sluicegate.streams.catalogue_view import CatalogueView
 from sluicegate.streams.dlq import dead_letter
+from sluicegate.streams.drift_io import DriftTable, PromptQueue
 from sluicegate.streams.health_view import HealthView
 
 log = logging.getLogger(__name__)
@@ -153,9 +170,11 @@ def create_app(
     embedder: Embedder | None = None,
     catalogue_view: CatalogueView | None = None,
     metrics: EventMetrics | None = None,
+    identity: RuleOverrides | None = None,
 ) -> faust.App:
-    """The app; `health_view` (started by the caller) gives routing the breakers' state and
-    `embedder` the cache its semantic tier (None: exact tier only)."""
+    """The app; `health_view` (started by the caller) gives routing the breakers' state,
+    `embedder` the cache its semantic tier (None: exact tier only), and `identity` (the key
+    registry) the limits bound to keys and tenants."""
     app = faust.App(
         settings.worker.app_id,
         broker=f"kafka://{settings.kafka.bootstrap_servers}",
@@ -190,6 +209,7 @@ def create_app(
         health=(lambda: health_view.snapshots) if health_view is not None else (lambda: {}),
         cache=cache,
         defer_embedding=embedder is not None,
+        limit_overrides=identity,
     )
     # Embeddings (~7 ms of CPU each) run here, off the event loop the other agents share.
     embedding_pool = ThreadPoolExecutor(1, thread_name_prefix="embed")
@@ -199,22 +219,33 @@ def create_app(
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(embedding_pool, single(embedder), text)
 
+    drift = _drift_stage(app, settings)
+    embeds_prompts = drift is not None and drift.wants_embeddings and embedder is not None
+    prompts = PromptQueue() if embeds_prompts else None
+
     async def admit(request: RequestReceived) -> None:
         outcome = admission.run(request)
         if isinstance(outcome, AwaitingEmbedding):
             outcome = outcome.resume(await embed(outcome.text))
         for emit in outcome:
             await publisher.emit(emit)
+        if prompts is not None and drift is not None:
+            prompt = drift.prompt_of(request, outcome)
+            if prompt is not None:
+                prompts.offer(prompt)
 
     if catalogue_view is not None:
         catalogue_view.subscribe(lambda c: admission.reconfigure(settings.with_catalogue(c)))
     spend = Spend(limiter=admission.limiter)
     health = HealthStage(settings=settings.resilience, store=health_table)
 
-    def publishing(run: Callable[[Any], list[Emit]]) -> Callable[[Any], Awaitable[None]]:
+    def publishing(*runs: Callable[[Any], list[Emit]]) -> Callable[[Any], Awaitable[None]]:
+        """Each processor in turn on the event, publishing what it returns."""
+
         async def handle(event: Any) -> None:
-            for emit in run(event):
-                await publisher.emit(emit)
+            for run in runs:
+                for emit in run(event):
+                    await publisher.emit(emit)
 
         return handle
 
@@ -229,18 +260,54 @@ def create_app(
             handle=admit,
         )
 
-    if settings.limits.counts_spend:  # else nothing reads it: skip a topic per request
+    ledger: list[Callable[[Any], list[Emit]]] = []
+    # Keys and tenants in the registry may carry limits of their own: then spend counts too.
+    if settings.limits.counts_spend or identity is not None:
+        ledger.append(spend.run)
+    if drift is not None:
+        ledger.append(drift.on_cost)
+    if ledger:  # else nothing here reads sg.cost: skip a topic per request
 
-        @app.agent(publisher.topic(settings.topic("cost")), name="spend")
-        async def spend_agent(stream: faust.StreamT) -> None:
+        @app.agent(publisher.topic(settings.topic("cost")), name="ledger")
+        async def ledger_agent(stream: faust.StreamT) -> None:
             await consume(
                 stream,
                 publisher=publisher,
                 serde=serde,
                 model=CostEntry,
-                stage="spend",
-                handle=publishing(spend.run),
+                stage="ledger",
+                handle=publishing(*ledger),
             )
+
+    if drift is not None:
+
+        @app.agent(publisher.topic(settings.topic("evals")), name="drift_evals")
+        async def drift_evals_agent(stream: faust.StreamT) -> None:
+            await consume(
+                stream,
+                publisher=publisher,
+                serde=serde,
+                model=(EvalCaseResult, EvalRunCompleted),
+                stage="drift",
+                handle=publishing(drift.on_eval),
+            )
+
+        @app.timer(interval=min(10.0, settings.drift.window_s / 10))
+        async def drift_timer() -> None:
+            for emit in drift.tick(int(time.time() * 1000)):
+                await publisher.emit(emit)
+            if prompts is not None:
+                prompts.report_drops()
+
+    if drift is not None and prompts is not None:
+
+        async def observe_prompt(prompt: PromptToEmbed, vector: Any) -> None:
+            for emit in drift.on_embedding(prompt, vector):
+                await publisher.emit(emit)
+
+        @app.task
+        async def drift_embeddings() -> None:
+            await prompts.run(embed, observe_prompt)
 
     if cache is not None:
         filler = CacheFiller(cache=cache)
@@ -260,6 +327,19 @@ def create_app(
                 handle=fill,
             )
 
+    audit_chain = AuditChain(store=_table(app, settings, "audit"))
+
+    @app.agent(publisher.topic(settings.topic("audit.pending")), name="audit")
+    async def audit_agent(stream: faust.StreamT) -> None:
+        await consume(
+            stream,
+            publisher=publisher,
+            serde=serde,
+            model=AuditRecord,
+            stage="audit",
+            handle=publishing(audit_chain.run),
+        )
+
     @app.agent(publisher.topic(settings.topic("health.outcomes")), name="health")
     async def health_agent(stream: faust.StreamT) -> None:
         await consume(
@@ -272,6 +352,22 @@ def create_app(
         )
 
     return app
+
+
+def _drift_stage(app: faust.App, settings: Settings) -> DriftStage | None:
+    """The drift stage, saving to and recovering from the `drift` table (None when off)."""
+    if not settings.drift.enabled:
+        return None
+    cost = settings.topic("cost")
+
+    def assigned() -> set[int]:
+        return {tp.partition for tp in app.assignor.assigned_actives() if tp.topic == cost}
+
+    stage: DriftStage | None = None
+    table = _table(app, settings, "drift", on_recover=lambda: stage and store.recover_into(stage))
+    store = DriftTable(table, partitions=settings.kafka.default_partitions, assigned=assigned)
+    stage = DriftStage(settings=settings.drift, save=store.save)
+    return stage
 
 
 def _table(

@@ -65,9 +65,20 @@ def catalogue(settings: Settings) -> list[TopicSpec]:
         TopicSpec(t("chunks"), "doc_id", ("ChunkCreated",), 30 * DAY_MS),
         TopicSpec(t("embeddings"), "doc_id", ("ChunkEmbedded",), 30 * DAY_MS),
         TopicSpec(t("prompts"), "prompt_name", ("PromptVersionPublished",), cleanup="compact"),
-        TopicSpec(t("evals"), "run_id", ("EvalCaseResult", "EvalRunCompleted"), 90 * DAY_MS),
+        TopicSpec(
+            t("evals"), "run_id", ("EvalCaseResult", "EvalRunCompleted"), 90 * DAY_MS, dlq=True
+        ),
         TopicSpec(t("drift"), "metric", ("DriftDetected",), 90 * DAY_MS),
         TopicSpec(t("audit"), "tenant_id", ("AuditRecord",), FOREVER),
+        # Audit facts before they are chained: the audit agent links them per tenant into sg.audit.
+        TopicSpec(t("audit.pending"), "tenant_id", ("AuditRecord",), 7 * DAY_MS, dlq=True),
+        TopicSpec(
+            t("identity"),
+            "record key",
+            ("ApiKeyRecord", "TenantRecord", "PolicyRecord"),
+            cleanup="compact",
+            partitions=1,
+        ),
         TopicSpec(t("_schemas"), "schema_id", (), cleanup="compact", partitions=1),
     ]
     specs += [
@@ -86,7 +97,7 @@ def catalogue(settings: Settings) -> list[TopicSpec]:
     return specs
 
 
-TABLES = ("health", "limits", "cache")
+TABLES = ("health", "limits", "cache", "audit", "drift")
 
 
 def faust_changelogs(settings: Settings) -> list[str]:

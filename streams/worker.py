@@ -20,6 +20,7 @@ from sluicegate.settings import Settings
 from sluicegate.streams.app import create_app
 from sluicegate.streams.catalogue_view import CatalogueView
 from sluicegate.streams.health_view import HealthView
+from sluicegate.streams.identity_view import IdentityView
 from sluicegate.streams.topics import ensure_topics
 
 
@@ -30,13 +31,16 @@ def run_worker(settings: Settings, *, loglevel: str = "INFO") -> None:
     serde = build_serde(settings)
     health_view = HealthView(settings=settings, serde=serde)
     catalogue_view = CatalogueView(settings=settings, serde=serde)
+    identity_view = IdentityView(settings=settings, serde=serde)
     health_view.start()
+    identity_view.start()
     metrics, metrics_server = serve_metrics(
         settings.worker.metrics_host, settings.worker.metrics_port
     )
-    inputs = ["requests", "cache", "health.outcomes"]
-    if settings.limits.counts_spend:
-        inputs.append("cost")
+    # The key registry is always passed in, so spend runs on sg.cost (keys may carry budgets).
+    inputs = ["requests", "cache", "health.outcomes", "cost", "audit.pending"]
+    if settings.drift.enabled:
+        inputs.append("evals")
     lag = register_lag_metrics(
         metrics.registry,
         settings,
@@ -52,6 +56,7 @@ def run_worker(settings: Settings, *, loglevel: str = "INFO") -> None:
             embedder=embedder,
             catalogue_view=catalogue_view,
             metrics=metrics,
+            identity=identity_view.registry,
         )
         catalogue_view.start()  # after create_app subscribed: a published catalogue applies now
         worker = faust.Worker(app, loglevel=loglevel, quiet=True)
@@ -59,6 +64,7 @@ def run_worker(settings: Settings, *, loglevel: str = "INFO") -> None:
     finally:
         lag.close()
         catalogue_view.close()
+        identity_view.close()
         health_view.close()
         if metrics_server is not None:
             metrics_server.close()

@@ -4,7 +4,6 @@ on topics with a prefix of their own, so runs never see each other's records."""
 
 from __future__ import annotations
 
-import hashlib
 import os
 import socket
 import subprocess
@@ -12,12 +11,16 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from sluicegate.processors.identity import IssuedKey, issue_key, parse_key
 from sluicegate.settings import (
     AnalyticsSettings,
+    AuthSettings,
     BridgeSettings,
     CacheSettings,
     Deployment,
@@ -34,16 +37,83 @@ pytest_plugins = ["tests.broker_fixture"]
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
-# Callers with limits of their own in the shared settings (tests/e2e/test_gateway.py).
-LIMITED_TOKEN = "sk-limited"  # 3 requests/min
-RESTART_TOKEN = "sk-limited-restart"  # 1 request/min, for the worker-restart test
 BUDGET_TENANT = "budget-tenant"  # a budget of a fraction of a cent per day
 BUDGET_USD_PER_DAY = 1e-6
 
 
+@dataclass(frozen=True)
+class CallerKey:
+    """An API key the tests call with; `publish_test_keys` puts it on sg.identity."""
+
+    issued: IssuedKey
+    tenant: str = "default"
+    roles: tuple[str, ...] = ("developer",)
+    models: tuple[str, ...] = ()
+    limits: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def token(self) -> str:
+        return self.issued.token
+
+    @property
+    def key_id(self) -> str:
+        return self.issued.key_id
+
+
+def _key(**fields: Any) -> CallerKey:
+    return CallerKey(issue_key(AuthSettings().key_prefix), **fields)
+
+
+# The callers of the end-to-end tests: nothing on the bridge is open without a key.
+CALLER = _key()
+ADMIN = _key(roles=("admin",))
+LIMITED = _key(limits={"requests_per_minute": 3})  # tests/e2e/test_gateway.py
+RESTART = _key(limits={"requests_per_minute": 1})  # the worker-restart test
+BUDGETED = _key(tenant=BUDGET_TENANT)
+GLOBEX = _key(tenant="globex")
+FAKE_ONLY = _key(models=("gpt-fake",))
+TEST_KEYS = (CALLER, ADMIN, LIMITED, RESTART, BUDGETED, GLOBEX, FAKE_ONLY)
+CALLER_TOKEN, LIMITED_TOKEN, RESTART_TOKEN = CALLER.token, LIMITED.token, RESTART.token
+
+
+def publish_test_keys(settings: Settings) -> None:
+    """Tenants and keys of TEST_KEYS on the identity topic of `settings` (before the bridges and
+    workers start, so they read them with the rest of the topic)."""
+    from sluicegate.cli_identity import publish_records
+    from sluicegate.connectors.key_hashing import Argon2SecretHasher
+    from sluicegate.processors.identity import ACTIVE, identity_envelope, new_tenant
+    from sluicegate.schemas.models import ApiKeyRecord, IdentityLimits
+
+    hasher = Argon2SecretHasher.from_settings(settings.auth)
+    tenants = {key.tenant for key in TEST_KEYS}
+    records: list[Any] = [new_tenant(t, producer="tests") for t in sorted(tenants)]
+    for key in TEST_KEYS:
+        records.append(
+            ApiKeyRecord(
+                **identity_envelope(key.tenant, producer="tests"),
+                key_id=key.key_id,
+                secret_hash=hasher.hash(key.issued.secret),
+                roles=list(key.roles),
+                allowed_models=list(key.models),
+                limits=IdentityLimits(**key.limits) if key.limits else None,
+                status=ACTIVE,
+                created_at_ms=int(time.time() * 1000),
+                revision=1,
+            )
+        )
+    publish_records(settings, records)
+
+
+# How a stream can die halfway (tests/e2e/test_midstream_failure.py): a deployment and an alias
+# `gpt-mid-<way>` (falling back to `fake`) for each.
+MIDSTREAM_WAYS = ("drop", "cut", "error")
+
+
 def api_key_id(token: str) -> str:
-    """The id the bridge derives from a bearer token (serving/bridge.py)."""
-    return f"key-{hashlib.sha256(token.encode()).hexdigest()[:16]}"
+    """The key id of a key token (`sk-sg-<key_id>_<secret>`): `api_key_id` on events."""
+    parsed = parse_key(token, AuthSettings().key_prefix)
+    assert parsed is not None, "not a sluicegate key"
+    return parsed[0]
 
 
 def free_port() -> int:
@@ -172,6 +242,9 @@ def settings(
             on_upstream2("brk2", "breaker2-model"),
             on_upstream2("streamy", "stream-model"),
             on_upstream2("cheap", "cheap-model", input_usd_per_mtok=0.01, output_usd_per_mtok=0.02),
+            # Streams that die halfway (tests/e2e/test_midstream_failure.py): one deployment per
+            # way of dying, so no test's failures open another's breaker.
+            *(on_upstream2(f"mid-{way}", f"mid-{way}-model") for way in MIDSTREAM_WAYS),
         ],
         models=[
             ModelAlias(name="gpt-fake", deployments=["fake"], description="fake upstream"),
@@ -196,6 +269,10 @@ def settings(
             ModelAlias(name="gpt-breaker2", deployments=["brk2", "fake"]),
             ModelAlias(name="gpt-stream", deployments=["streamy", "fake"]),
             ModelAlias(name="gpt-cheap", deployments=["fake", "cheap"], strategy="cost"),
+            *(
+                ModelAlias(name=f"gpt-mid-{way}", deployments=[f"mid-{way}", "fake"])
+                for way in MIDSTREAM_WAYS
+            ),
         ],
         resilience=ResilienceSettings(
             backoff_base_s=0.05,
@@ -204,13 +281,8 @@ def settings(
             breaker_window_s=30,
             breaker_cooldown_s=2,
         ),
-        limits=LimitsSettings(
-            keys={
-                api_key_id(LIMITED_TOKEN): LimitRule(requests_per_minute=3),
-                api_key_id(RESTART_TOKEN): LimitRule(requests_per_minute=1),
-            },
-            tenants={BUDGET_TENANT: LimitRule(usd_per_day=BUDGET_USD_PER_DAY)},
-        ),
+        # Keys carry their own limits (TEST_KEYS); the budget tenant's comes from settings.
+        limits=LimitsSettings(tenants={BUDGET_TENANT: LimitRule(usd_per_day=BUDGET_USD_PER_DAY)}),
         # Tests count upstream requests: an answer from the cache would not reach it. The cache's
         # own end-to-end test builds settings of its own.
         cache=CacheSettings(enabled=False),
@@ -221,7 +293,9 @@ def settings(
 def topics(settings: Settings) -> list[str]:
     from sluicegate.streams.topics import ensure_topics
 
-    return ensure_topics(settings)
+    created = ensure_topics(settings)
+    publish_test_keys(settings)
+    return created
 
 
 def _spawn(command: str, settings: Settings, log: Path) -> subprocess.Popen[bytes]:

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 
 import pytest
@@ -84,6 +86,10 @@ def test_up_serves_requests_and_down_stops_it(
         update={
             "bridge": settings.bridge.model_copy(update={"port": port}),
             "worker": settings.worker.model_copy(update={"app_id": f"{settings.worker.app_id}-up"}),
+            # Topics of its own: an empty key registry, so `up` makes the first key.
+            "kafka": settings.kafka.model_copy(
+                update={"topic_prefix": f"u{uuid.uuid4().hex[:8]}."}
+            ),
         }
     )
     env = {**os.environ, **settings_env(own), "SLUICEGATE_HOME": str(tmp_path)}
@@ -97,10 +103,16 @@ def test_up_serves_requests_and_down_stops_it(
     try:
         assert up.returncode == 0, up.stdout + up.stderr
         assert f"http://127.0.0.1:{port}/v1" in up.stdout and "curl -s" in up.stdout
+        token = re.search(r"your admin key \(also in (.+)\): (sk-sg-\S+)", up.stdout)
+        assert token, up.stdout
+        assert Path(token.group(1)).read_text().strip() == token.group(2)
+        assert f"Authorization: Bearer {token.group(2)}" in up.stdout  # in the printed curl
+        url = f"http://127.0.0.1:{port}/v1/chat/completions"
+        body = {"model": "gpt-fake", "messages": [{"role": "user", "content": "up and running"}]}
+        refused = httpx.post(url, timeout=30, json=body)
+        assert refused.status_code == 401 and refused.json()["error"]["code"] == "missing_api_key"
         answer = httpx.post(
-            f"http://127.0.0.1:{port}/v1/chat/completions",
-            timeout=60,
-            json={"model": "gpt-fake", "messages": [{"role": "user", "content": "up and running"}]},
+            url, timeout=60, json=body, headers={"Authorization": f"Bearer {token.group(2)}"}
         )
         assert answer.status_code == 200, answer.text
         assert "up and running" in answer.json()["choices"][0]["message"]["content"]

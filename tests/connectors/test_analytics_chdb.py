@@ -398,7 +398,13 @@ def quality_events() -> list[Event]:
     """Drift: latency PSI (closed twice: one finding) and a cost anomaly. Evals: run r1 with
     three cases of `exact` (two pass) and its summary. Audit: acme's chain, whose third record
     does not link, and beta's own chain."""
-    psi = {"threshold": 0.2, "reference_mean": 210.0, "current_mean": 290.0}
+    psi = {
+        "threshold": 0.2,
+        "reference_mean": 210.0,
+        "current_mean": 290.0,
+        "reference_start_ms": BASE - timedelta(minutes=10),
+        "reference_end_ms": BASE - timedelta(minutes=5),
+    }
     cases = [("c1", 1.0, True), ("c2", 0.0, False), ("c3", 1.0, True)]
     return [
         _drift(5, "latency_ms", "psi", 0.5, **psi),
@@ -645,11 +651,11 @@ def check_gateway_answers(ran: dict[str, list[dict]]) -> None:
 
 def check_quality_answers(ran: dict[str, list[dict]]) -> None:
     """The shipped drift, eval and audit queries (popped from `ran` as they are checked)."""
-    start, end = _t(-300), _t(0)
+    reference, start, end = _t(-600), _t(-300), _t(0)
     drift = ran.pop("drift_findings_last_7_days")
     assert [tuple(r.values()) for r in drift] == [
-        ("acme", "latency_ms", "psi", start, end, 0.5, 0.2, 210.0, 290.0),
-        ("acme", "usd", "ewma_z", start, end, 6.0, 4.0, None, 0.3),
+        ("acme", "latency_ms", "psi", start, end, reference, 0.5, 0.2, 210.0, 290.0),
+        ("acme", "usd", "ewma_z", start, end, None, 6.0, 4.0, None, 0.3),
     ]
     evals = ran.pop("eval_scores_per_run")
     assert [tuple(r.values()) for r in evals] == [

@@ -11,6 +11,7 @@ import openai
 import pytest
 
 from sluicegate.settings import (
+    BannedTopic,
     BridgeSettings,
     CacheSettings,
     GuardrailsSettings,
@@ -19,7 +20,7 @@ from sluicegate.settings import (
     WorkerSettings,
 )
 from sluicegate.streams.topics import ensure_topics
-from tests.conftest import Workers, _stop, free_port, start_bridge
+from tests.conftest import CALLER_TOKEN, Workers, _stop, free_port, publish_test_keys, start_bridge
 
 
 @pytest.fixture(scope="session")
@@ -40,7 +41,15 @@ def featured_settings(settings: Settings, tmp_path_factory: pytest.TempPathFacto
             "bridge": BridgeSettings(port=free_port(), request_timeout_s=60),
             # 0.9: paraphrases of one question score ~0.94 with all-MiniLM-L6-v2.
             "cache": CacheSettings(enabled=True, similarity_threshold=0.9),
-            "guardrails": GuardrailsSettings(pii_action="mask", injection_action="block"),
+            # Input masks cards and emails; output masks every kind, so a phone number the
+            # echoing upstream repeats is masked on the way back, and a banned topic is withheld.
+            "guardrails": GuardrailsSettings(
+                pii_action="mask",
+                pii_kinds=["credit_card", "email"],
+                injection_action="block",
+                output_pii_action="mask",
+                banned_topics=[BannedTopic(name="weapons", keywords=["detonator", "nerve agent"])],
+            ),
         }
     )
 
@@ -50,6 +59,7 @@ def featured_client(
     featured_settings: Settings, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[openai.OpenAI]:
     ensure_topics(featured_settings)
+    publish_test_keys(featured_settings)
     logs = tmp_path_factory.mktemp("cache-logs")
     workers = Workers(featured_settings, logs)
     bridge = None
@@ -58,7 +68,7 @@ def featured_client(
         bridge = start_bridge(featured_settings, logs / "bridge.log")
         yield openai.OpenAI(
             base_url=f"http://127.0.0.1:{featured_settings.bridge.port}/v1",
-            api_key="sk-cache",
+            api_key=CALLER_TOKEN,
             max_retries=0,
             timeout=60,
         )

@@ -17,7 +17,7 @@ from confluent_kafka.admin import AdminClient
 
 from sluicegate.serving.analytics_sink import endpoint_file, query_running_sink
 from sluicegate.settings import AnalyticsSettings, Settings
-from tests.conftest import REPO_ROOT, _spawn, _stop, _wait_for_group, settings_env
+from tests.conftest import CALLER_TOKEN, REPO_ROOT, _spawn, _stop, _wait_for_group, settings_env
 from tests.topics_io import produce
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration, pytest.mark.slow]
@@ -81,7 +81,7 @@ def sink(
 
 @pytest.fixture(scope="module")
 def client(bridge_url: str) -> openai.OpenAI:
-    return openai.OpenAI(base_url=f"{bridge_url}/v1", api_key="sk-caller", max_retries=0)
+    return openai.OpenAI(base_url=f"{bridge_url}/v1", api_key=CALLER_TOKEN, max_retries=0)
 
 
 def ask(client: openai.OpenAI, n: int, tag: str) -> dict[str, float]:

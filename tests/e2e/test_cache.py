@@ -10,6 +10,7 @@ import pytest
 from sluicegate.connectors.schema_registry import build_serde
 from sluicegate.schemas.models import CacheFill, CostEntry
 from sluicegate.settings import Settings
+from tests.conftest import GLOBEX
 from tests.topics_io import wait_for_event
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration]
@@ -75,7 +76,7 @@ def test_the_cache_never_crosses_tenants(featured_client: openai.OpenAI, upstrea
     ask(client, "Tenant-scoped question?", temperature=0)
     time.sleep(1.0)
     calls = len(upstream.requests)
-    other = client.with_options(default_headers={"X-Sluicegate-Tenant": "globex"})
+    other = client.with_options(api_key=GLOBEX.token)  # the tenant comes from the key
     ask(other, "Tenant-scoped question?", temperature=0)
     assert len(upstream.requests) == calls + 1
 

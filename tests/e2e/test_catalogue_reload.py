@@ -10,6 +10,7 @@ import yaml
 
 from sluicegate.settings import ModelAlias, Settings
 from tests.cli.test_cli import run_cli
+from tests.conftest import CALLER_TOKEN
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration]
 
@@ -17,7 +18,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.integration]
 def test_a_published_alias_is_served_without_a_restart(
     settings: Settings, bridge_url: str, tmp_path, upstream
 ) -> None:
-    client = openai.OpenAI(base_url=f"{bridge_url}/v1", api_key="sk-reload", max_retries=0)
+    client = openai.OpenAI(base_url=f"{bridge_url}/v1", api_key=CALLER_TOKEN, max_retries=0)
     assert "gpt-reloaded" not in {m.id for m in client.models.list().data}
     # A superset of the session's catalogue, so the tests after this one see what they expect.
     catalogue = settings.catalogue.model_dump(mode="json")

@@ -11,7 +11,10 @@ import pytest
 from sluicegate.connectors.schema_registry import build_serde
 from sluicegate.schemas.models import CostEntry, RequestReceived, ResponseReady
 from sluicegate.settings import Settings
+from tests.conftest import CALLER_TOKEN, api_key_id
 from tests.topics_io import wait_for_event
+
+AUTH = {"Authorization": f"Bearer {CALLER_TOKEN}"}
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration]
 
@@ -19,7 +22,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.integration]
 @pytest.fixture(scope="module")
 def client(bridge_url: str) -> openai.OpenAI:
     return openai.OpenAI(
-        base_url=f"{bridge_url}/v1", api_key="sk-caller", max_retries=0, timeout=60
+        base_url=f"{bridge_url}/v1", api_key=CALLER_TOKEN, max_retries=0, timeout=60
     )
 
 
@@ -66,7 +69,7 @@ def test_sync_completion_is_journaled_and_answered(
     expected = (usage.prompt_tokens * 0.15 + usage.completion_tokens * 0.60) / 1_000_000
     assert cost.usd == pytest.approx(expected) and cost.pricing_version == "test-2026-11"
     assert cost.tenant_id == journaled.tenant_id and cost.deployment == "fake"
-    assert cost.api_key_id == journaled.api_key_id and cost.api_key_id.startswith("key-")
+    assert cost.api_key_id == journaled.api_key_id == api_key_id(CALLER_TOKEN)
 
 
 def test_streaming_completion_in_the_sdk_chunk_format(
@@ -127,7 +130,10 @@ def test_bad_input_gets_an_openai_error(
     code: str | None,
 ) -> None:
     response = httpx.post(
-        f"{bridge_url}/v1/chat/completions", content=content, headers=headers, timeout=30
+        f"{bridge_url}/v1/chat/completions",
+        content=content,
+        headers={**headers, **AUTH},
+        timeout=30,
     )
     assert response.status_code == status
     error = response.json()["error"]
@@ -141,7 +147,9 @@ def test_bad_input_gets_an_openai_error(
 
 
 def test_missing_messages_names_the_param(bridge_url: str) -> None:
-    response = httpx.post(f"{bridge_url}/v1/chat/completions", json={"model": "gpt-fake"})
+    response = httpx.post(
+        f"{bridge_url}/v1/chat/completions", json={"model": "gpt-fake"}, headers=AUTH
+    )
     assert response.status_code == 400 and response.json()["error"]["param"] == "messages"
 
 
@@ -158,7 +166,7 @@ def test_timeout_is_a_504_and_the_request_stays_journaled(
 ) -> None:
     client = openai.OpenAI(
         base_url=f"{bridge_url}/v1",
-        api_key="k",
+        api_key=CALLER_TOKEN,
         max_retries=0,
         default_headers={"X-Sluicegate-Timeout": "1.5"},
     )

@@ -33,10 +33,13 @@ from sluicegate.settings import Settings
 from tests.conftest import (
     BUDGET_TENANT,
     BUDGET_USD_PER_DAY,
+    BUDGETED,
+    CALLER_TOKEN,
+    LIMITED,
     LIMITED_TOKEN,
+    RESTART,
     RESTART_TOKEN,
     Workers,
-    api_key_id,
 )
 from tests.fakes.openai_upstream import Behaviour
 
@@ -165,7 +168,7 @@ def journal(
 @pytest.fixture(scope="module")
 def client(bridge_url: str) -> openai.OpenAI:
     return openai.OpenAI(
-        base_url=f"{bridge_url}/v1", api_key="sk-caller", max_retries=0, timeout=60
+        base_url=f"{bridge_url}/v1", api_key=CALLER_TOKEN, max_retries=0, timeout=60
     )
 
 
@@ -449,7 +452,7 @@ def test_half_open_breaker_lets_only_the_probe_through(
 def test_rate_limited_key_gets_429_with_openai_headers(
     bridge_url: str, client: openai.OpenAI, settings: Settings
 ) -> None:
-    assert settings.limits.for_key(api_key_id(LIMITED_TOKEN)).requests_per_minute == 3
+    assert LIMITED.limits == {"requests_per_minute": 3}  # bound to the key, on sg.identity
     limited = openai.OpenAI(
         base_url=f"{bridge_url}/v1", api_key=LIMITED_TOKEN, max_retries=0, timeout=30
     )
@@ -480,9 +483,12 @@ def test_spent_budget_is_a_hard_stop_with_an_alert(
     client: openai.OpenAI, settings: Settings, serde: AvroSerde
 ) -> None:
     alerts = TopicWatcher(settings, serde, settings.topic("alerts"))
-    tenant = {"X-Sluicegate-Tenant": BUDGET_TENANT}
+    # The tenant is the key's: a header naming another tenant changes nothing.
+    tenant = {"X-Sluicegate-Tenant": "default"}
+    budgeted = client.with_options(api_key=BUDGETED.token)
+    assert BUDGETED.tenant == BUDGET_TENANT
     try:
-        first = client.chat.completions.create(
+        first = budgeted.chat.completions.create(
             model="gpt-fake", messages=user("spend a little"), extra_headers=tenant
         )
         assert "spend a little" in first.choices[0].message.content
@@ -493,7 +499,7 @@ def test_spent_budget_is_a_hard_stop_with_an_alert(
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             try:
-                client.chat.completions.create(
+                budgeted.chat.completions.create(
                     model="gpt-fake", messages=user("more"), extra_headers=tenant
                 )
                 answered += 1
@@ -563,7 +569,7 @@ def test_override_headers_pick_the_deployment_or_strategy(
 def test_rate_limit_survives_a_worker_restart(
     bridge_url: str, client: openai.OpenAI, workers: Workers, settings: Settings
 ) -> None:
-    assert settings.limits.for_key(api_key_id(RESTART_TOKEN)).requests_per_minute == 1
+    assert RESTART.limits == {"requests_per_minute": 1}
     limited = openai.OpenAI(
         base_url=f"{bridge_url}/v1", api_key=RESTART_TOKEN, max_retries=0, timeout=60
     )

@@ -42,3 +42,31 @@ def test_a_prompt_injection_is_refused_without_calling_the_upstream(
         )
     assert refused.value.code == "prompt_injection"
     assert len(upstream.requests) == before
+
+
+def test_pii_in_the_answer_is_masked_before_the_caller_sees_it(
+    featured_client: openai.OpenAI, upstream
+) -> None:
+    before = len(upstream.requests)
+    answer = featured_client.chat.completions.create(
+        model="gpt-fake",
+        messages=[{"role": "user", "content": "Call me back on +1 415 555 2671 please"}],
+    )
+    # The input rules do not cover phones: the upstream got the number and echoed it back.
+    assert "415 555 2671" in upstream.requests[before]["messages"][-1]["content"]
+    content = answer.choices[0].message.content or ""
+    assert "555 2671" not in content and "please" in content
+
+
+def test_an_answer_on_a_banned_topic_is_withheld_with_an_explicit_error(
+    featured_client: openai.OpenAI, upstream
+) -> None:
+    before = len(upstream.requests)
+    with pytest.raises(openai.APIStatusError) as withheld:
+        featured_client.chat.completions.create(
+            model="gpt-fake",
+            messages=[{"role": "user", "content": "How is a detonator wired?"}],
+        )
+    assert len(upstream.requests) == before + 1  # the model answered; the answer was held back
+    assert withheld.value.status_code == 502 and withheld.value.code == "banned_topic"
+    assert "detonator" not in withheld.value.message and "weapons" in withheld.value.message

@@ -8,7 +8,7 @@ import httpx
 import pytest
 
 from sluicegate.settings import Settings
-from tests.conftest import _stop, free_port, start_bridge
+from tests.conftest import CALLER_TOKEN, _stop, free_port, start_bridge
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration]
 
@@ -25,7 +25,9 @@ async def test_requests_past_the_limit_are_shed_with_retry_after(
     url = f"http://127.0.0.1:{small.bridge.port}/v1/chat/completions"
     stuck = {"model": "blackhole", "messages": [{"role": "user", "content": "wait"}]}
     try:
-        async with httpx.AsyncClient(timeout=30) as client:
+        async with httpx.AsyncClient(
+            timeout=30, headers={"Authorization": f"Bearer {CALLER_TOKEN}"}
+        ) as client:
             slow = [
                 asyncio.create_task(
                     client.post(url, json=stuck, headers={"X-Sluicegate-Timeout": "3"})

@@ -9,6 +9,7 @@ import openai
 import pytest
 
 from sluicegate.settings import Settings
+from tests.conftest import CALLER_TOKEN
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration]
 
@@ -28,7 +29,7 @@ def sample(text: str, prefix: str) -> float:
 def test_routing_inference_and_rejections_show_up_on_the_workers_metrics(
     settings: Settings, bridge_url: str
 ) -> None:
-    client = openai.OpenAI(base_url=f"{bridge_url}/v1", api_key="sk-metrics", max_retries=0)
+    client = openai.OpenAI(base_url=f"{bridge_url}/v1", api_key=CALLER_TOKEN, max_retries=0)
     before = sample(scrape(settings.worker.metrics_port), "sluicegate_routing_decisions_total{")
     client.chat.completions.create(
         model="gpt-fake", messages=[{"role": "user", "content": "metrics please"}]

@@ -9,6 +9,10 @@ Failures are scripted: every chat request takes the next `Behaviour` from a queu
 queue means success. Every chat request body is recorded in `requests`, and the time it came in
 (`time.time()`) at the same index of `received_at`.
 
+A stream can die halfway in three ways: `Behaviour.drop(k)` aborts the TCP connection after k
+SSE chunks, `Behaviour.cut(k)` ends the HTTP body cleanly after k chunks with no finish chunk
+and no `[DONE]`, `Behaviour.error_midstream(k)` sends an in-band `{"error": ...}` event.
+
 Failures can also be random: with `fail_rate` > 0 a chat request that has no scripted behaviour
 fails with `fail_status` (an OpenAI error body) with that probability, drawn from a
 `random.Random(seed)`; `random_failures` counts them. Off by default.
@@ -22,6 +26,7 @@ fails with `fail_status` (an OpenAI error body) with that probability, drawn fro
 
     python -m tests.fakes.openai_upstream --port 9100 --delay-ms 0     # until killed
     python -m tests.fakes.openai_upstream --fail-rate 0.2 --fail-status 500 --seed 7
+    python -m tests.fakes.openai_upstream --delay-ms 20 --chunk-delay-ms 20   # slow streams
 
 A server in another process is scripted over HTTP: `POST /__fake__/script` with a list of
 behaviours as JSON objects, `GET /__fake__/requests`, `POST /__fake__/reset`, and
@@ -70,6 +75,11 @@ class Behaviour:
     delay_s: float = 0.0  # wait before answering anything
     chunk_delay_s: float = 0.0  # wait between SSE chunks
     drop_after_chunks: int | None = None  # abort the connection after this many SSE chunks
+    # End the stream cleanly after this many SSE chunks: no finish chunk, no `[DONE]`, the HTTP
+    # body complete (a proxy or server that gave up); `error_after_chunks` sends an in-band error
+    # event instead, as OpenAI does when it fails mid-stream.
+    end_after_chunks: int | None = None
+    error_after_chunks: int | None = None
     reply: str | None = None  # answer this text instead of the echo
     omit_usage: bool = False  # no usage chunk even when stream_options.include_usage is set
 
@@ -107,6 +117,16 @@ class Behaviour:
         """Close the connection: before answering, or after that many SSE chunks of a stream."""
         return cls(drop_after_chunks=after_chunks)
 
+    @classmethod
+    def cut(cls, after_chunks: int) -> Behaviour:
+        """End the stream after that many SSE chunks, cleanly, without a finish chunk."""
+        return cls(end_after_chunks=after_chunks)
+
+    @classmethod
+    def error_midstream(cls, after_chunks: int, message: str | None = None) -> Behaviour:
+        """After that many SSE chunks, an in-band `{"error": ...}` event, then the end."""
+        return cls(error_after_chunks=after_chunks, message=message)
+
     def to_json(self) -> dict[str, Any]:
         """The JSON object `POST /__fake__/script` takes for this behaviour."""
         return asdict(self)
@@ -122,6 +142,7 @@ class FakeOpenAIUpstream(LoopbackServer):
         port: int = 0,
         model: str = "fake-model",
         delay_s: float = 0.0,
+        chunk_delay_s: float = 0.0,
         fail_rate: float = 0.0,
         fail_status: int = 500,
         seed: int | None = None,
@@ -140,7 +161,7 @@ class FakeOpenAIUpstream(LoopbackServer):
         self._random_failure = Behaviour(
             status=fail_status, message="fake upstream random failure", delay_s=delay_s
         )
-        self._default = Behaviour(delay_s=delay_s)
+        self._default = Behaviour(delay_s=delay_s, chunk_delay_s=chunk_delay_s)
         self._ids = itertools.count(1)
 
     @property
@@ -432,6 +453,15 @@ async def _stream(
         if behaviour.drop_after_chunks is not None and i >= behaviour.drop_after_chunks:
             _drop(request)
             return response
+        if behaviour.error_after_chunks is not None and i >= behaviour.error_after_chunks:
+            error = {"message": behaviour.message or "fake upstream failed mid-stream"}
+            error |= {"type": "server_error", "param": None, "code": None}
+            await response.write(b"data: " + json.dumps({"error": error}).encode() + b"\n\n")
+            await response.write_eof()
+            return response
+        if behaviour.end_after_chunks is not None and i >= behaviour.end_after_chunks:
+            await response.write_eof()
+            return response
         if i and behaviour.chunk_delay_s:
             await asyncio.sleep(behaviour.chunk_delay_s)
         await response.write(b"data: " + json.dumps(chunk).encode() + b"\n\n")
@@ -451,11 +481,13 @@ async def _serve(
     fail_rate: float = 0.0,
     fail_status: int = 500,
     seed: int | None = None,
+    chunk_delay_s: float = 0.0,
 ) -> None:
     async with FakeOpenAIUpstream(
         host=host,
         port=port,
         delay_s=delay_s,
+        chunk_delay_s=chunk_delay_s,
         model=model,
         fail_rate=fail_rate,
         fail_status=fail_status,
@@ -475,6 +507,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=9100)
     parser.add_argument("--delay-ms", type=float, default=0.0, help="latency of every answer")
+    parser.add_argument(
+        "--chunk-delay-ms", type=float, default=0.0, help="wait between the SSE chunks of a stream"
+    )
     parser.add_argument("--model", default="fake-model")
     parser.add_argument(
         "--fail-rate",
@@ -500,6 +535,7 @@ def main(argv: list[str] | None = None) -> None:
             args.fail_rate,
             args.fail_status,
             args.seed,
+            args.chunk_delay_ms / 1000,
         )
     )
 

@@ -6,10 +6,12 @@ from sluicegate.processors.admission import Admission, AwaitingEmbedding
 from sluicegate.processors.cache import ResponseCache
 from sluicegate.processors.cache_fill import CacheFiller
 from sluicegate.processors.health import HealthSnapshot
+from sluicegate.processors.routing import needs_of
 from sluicegate.processors.spend import Spend
 from sluicegate.schemas.models import (
     BudgetAlert,
     CacheFill,
+    ChatMessage,
     CostEntry,
     InferenceTask,
     RequestAdmitted,
@@ -17,7 +19,14 @@ from sluicegate.schemas.models import (
     ResponseReady,
     Span,
 )
-from sluicegate.settings import Deployment, LimitRule, LimitsSettings, ModelAlias, Settings
+from sluicegate.settings import (
+    Deployment,
+    GuardrailsSettings,
+    LimitRule,
+    LimitsSettings,
+    ModelAlias,
+    Settings,
+)
 from tests.builders import envelope, request
 
 pytestmark = pytest.mark.unit
@@ -126,6 +135,50 @@ def test_spend_past_the_tenant_budget_stops_admission_and_alerts() -> None:
     rejected = next(e.event for e in admission.run(request("chat")) if e.topic == "responses")
     assert (rejected.http_status, rejected.code) == (429, "budget_exceeded")
     assert rejected.error_type == "insufficient_quota"
+
+
+def test_admission_holds_the_priciest_cost_of_the_chain_and_spend_releases_it() -> None:
+    settings = limited_settings()
+    priced = [
+        settings.deployment("a").model_copy(update={"input_usd_per_mtok": 1.0}),
+        settings.deployment("b").model_copy(update={"output_usd_per_mtok": 100.0}),
+    ]
+    settings = settings.model_copy(update={"deployments": priced})
+    state: dict = {}
+    admission = Admission(settings=settings, limits_state=state)
+    task = admission.run(request("chat"))[0].event
+    # The fallback `b` prices the completion at $100/M: the hold is what `b` would cost.
+    needs = needs_of(request("chat"))
+    assert task.reserved_usd == pytest.approx(needs.completion_tokens * 100.0 / 1e6)
+    assert task.reserved_usd > needs.prompt_tokens * 1.0 / 1e6
+    held = state["hold:tenant:acme"]["buckets"]
+    assert sum(n for _, n in held) == round(task.reserved_usd * 1e9)
+    entry = cost_entry(usd=0.0001).model_copy(
+        update={"reserved_usd": task.reserved_usd, "admitted_at_ms": task.admitted_at_ms}
+    )
+    Spend(limiter=admission.limiter).run(entry)
+    assert state["hold:tenant:acme"] == {"buckets": []}
+
+
+def test_an_answer_from_the_guard_releases_the_hold_at_once() -> None:
+    settings = limited_settings().model_copy(
+        update={"guardrails": GuardrailsSettings(pii_action="block")}
+    )
+    settings = settings.model_copy(
+        update={
+            "deployments": [
+                d.model_copy(update={"output_usd_per_mtok": 10.0}) for d in settings.deployments
+            ]
+        }
+    )
+    state: dict = {}
+    admission = Admission(settings=settings, limits_state=state)
+    pii = request("chat").model_copy(
+        update={"messages": [ChatMessage(role="user", content="mail me at jane.doe@example.com")]}
+    )
+    emits = admission.run(pii)
+    assert next(e.event for e in emits if e.topic == "responses").code == "pii_detected"
+    assert state["hold:tenant:acme"] == {"buckets": []}
 
 
 def test_a_cached_answer_is_served_without_inference_and_records_the_saving() -> None:

@@ -284,7 +284,8 @@ def test_budget_alert_period_start_becomes_a_date() -> None:
 
 
 def test_drift_finding_keeps_its_window_and_means() -> None:
-    start, end = (
+    ref_start, start, end = (
+        datetime(2026, 11, 24, 9, 55, tzinfo=UTC),
         datetime(2026, 11, 24, 10, 0, tzinfo=UTC),
         datetime(2026, 11, 24, 10, 5, tzinfo=UTC),
     )
@@ -296,6 +297,8 @@ def test_drift_finding_keeps_its_window_and_means() -> None:
         threshold=0.001,
         window_start_ms=start,
         window_end_ms=end,
+        reference_start_ms=ref_start,
+        reference_end_ms=start,
         p_value=1e-9,
         reference_count=400,
         current_count=380,
@@ -306,6 +309,7 @@ def test_drift_finding_keeps_its_window_and_means() -> None:
     assert table == "drift"
     _envelope_kept(event, row)
     assert (row["window_start"], row["window_end"]) == (start, end)
+    assert (row["reference_start"], row["reference_end"]) == (ref_start, start)
     assert (row["statistic"], row["value"], row["p_value"]) == ("ks", 0.31, 1e-9)
     assert (row["reference_count"], row["current_count"]) == (400, 380)
     assert (row["reference_mean"], row["current_mean"]) == (210.0, 290.0)

@@ -263,3 +263,66 @@ async def test_after_the_cool_down_only_one_task_probes_and_the_others_fall_back
     # The health view moves on (the probe closed the breaker): calls flow again.
     health["local-smollm2"] = HealthSnapshot("local-smollm2", "closed")
     assert (await collect(stage, task()))[0].topic == "responses"
+
+
+def guarded_stage(words: list[str], **guardrails: object) -> InferenceStage:
+    from sluicegate.processors.guard_output import OutputGuard
+    from sluicegate.settings import GuardrailsSettings
+
+    priced = Deployment(
+        name="local-smollm2", backend="openai", provider_model="p", output_usd_per_mtok=8.0
+    )
+    return InferenceStage(
+        backends={"local-smollm2": ScriptedBackend(words=words)},
+        deployments={"local-smollm2": priced},
+        output_guard=OutputGuard(settings=GuardrailsSettings(**guardrails)),
+    )
+
+
+async def test_the_output_guard_masks_pii_in_what_the_caller_and_the_log_see() -> None:
+    stage = guarded_stage(["write", "to", "jane.doe@example.com"], output_pii_action="mask")
+    cacheable = task().model_copy(update={"cache_key": '{"k": 1}'})
+    emits = await collect(stage, cacheable)
+    by_topic = {e.topic: e.event for e in emits}
+    response, result = by_topic["responses"], by_topic["inference.results"]
+    assert isinstance(response, ResponseReady)
+    assert "jane.doe@example.com" not in (response.message.content or "")
+    assert response.message == result.message
+    assert "jane.doe@example.com" not in by_topic["cache"].content
+    spans = {e.event.name: e.event for e in emits if e.topic == "traces"}
+    guard, inference = spans["output_guard"], spans["inference"]
+    assert guard.parent_span_id == inference.span_id and guard.status == "ok"
+    assert guard.attributes["output_pii"] == "email:1"
+    assert guard.attributes["policy_rule"] == "settings.output_pii"
+
+
+async def test_a_blocked_answer_is_withheld_with_502_still_costed_and_not_cached() -> None:
+    from sluicegate.settings import BannedTopic
+
+    topic = BannedTopic(name="weapons", keywords=["detonator"])
+    stage = guarded_stage(["build", "a", "detonator"], banned_topics=[topic])
+    cacheable = task().model_copy(update={"cache_key": '{"k": 1}'})
+    emits = await collect(stage, cacheable)
+    topics = [e.topic for e in emits]
+    assert "cache" not in topics and topics.count("responses") == 1
+    withheld = next(e.event for e in emits if e.topic == "responses")
+    assert isinstance(withheld, RequestRejected)
+    assert (withheld.stage, withheld.http_status, withheld.code) == (
+        "output_guard",
+        502,
+        "banned_topic",
+    )
+    assert "detonator" not in withheld.message and "weapons" in withheld.message
+    cost = next(e.event for e in emits if e.topic == "cost")
+    assert cost.usd == pytest.approx(3 * 8.0 / 1e6)  # the model was called: it was paid for
+    guard = next(e.event for e in emits if e.topic == "traces" and e.event.name == "output_guard")
+    assert guard.status == "error" and guard.attributes["topics"] == "weapons"
+
+
+async def test_without_output_rules_no_guard_runs() -> None:
+    emits = await collect(guarded_stage(["jane.doe@example.com"]), task())
+    assert (
+        "jane.doe@example.com"
+        in next(e.event for e in emits if e.topic == "responses").message.content
+    )
+    assert not [e for e in emits if e.topic == "traces" and e.event.name == "output_guard"]

@@ -475,3 +475,72 @@ def test_one_token_requests_in_any_minute_never_exceed_the_limit(
     for start in admitted:
         assert sum(1 for at in admitted if start <= at <= start + 60_000) <= limit
     assert all(decisions[:limit])  # not needlessly strict: a quiet tenant gets its whole minute
+
+
+def test_holds_stop_concurrent_requests_within_one_request_of_the_budget() -> None:
+    lim, _ = limiter(tenant=LimitRule(usd_per_day=1.0))
+    admitted = [lim.check("t1", None, None, 0, T0, reserve_usd=0.4).allowed for _ in range(5)]
+    # 0 + 0.4 + 0.8 held are under $1: three pass; then 1.2 is held and the rest wait.
+    assert admitted == [True, True, True, False, False]
+    refused = lim.check("t1", None, None, 0, T0, reserve_usd=0.4)
+    assert refused.code == "budget_exceeded" and refused.retry_after_s == 1.0
+    assert refused.message == (
+        "tenant t1: $1.00/day budget spent or held by requests in flight ($0.00 spent, $1.20 held)"
+    )
+    # Without holds nothing in flight counts: every request passes until costs land.
+    unheld, _ = limiter(tenant=LimitRule(usd_per_day=1.0))
+    assert all(unheld.check("t1", None, None, 0, T0).allowed for _ in range(5))
+
+
+def test_a_release_frees_the_hold_and_the_spend_takes_its_place() -> None:
+    lim, state = limiter(tenant=LimitRule(usd_per_day=1.0), key=LimitRule(usd_per_month=5.0))
+    for _ in range(3):
+        assert lim.check("t1", "k1", None, 0, T0, reserve_usd=0.4).allowed
+    assert not lim.check("t1", "k1", None, 0, T0 + 10, reserve_usd=0.4).allowed
+    # The first request is costed at $0.10: its hold goes, its spend stays.
+    lim.release("t1", "k1", None, 0.4, T0, T0 + 20)
+    lim.record_spend("t1", "k1", 0.1, T0 + 20)
+    assert lim.check("t1", "k1", None, 0, T0 + 30, reserve_usd=0.4).allowed
+    assert state["hold:key:k1"] == state["hold:tenant:t1"]  # both budgets hold it
+    # A release for an unbudgeted user touches nothing; releasing twice never goes below zero.
+    for _ in range(10):
+        lim.release("t1", "k1", "u1", 0.4, T0, T0 + 40)
+    assert "hold:user:t1/u1" not in state and state["hold:tenant:t1"] == {"buckets": []}
+
+
+def test_a_hold_nothing_settles_expires_after_its_ttl() -> None:
+    lim, _ = limiter(tenant=LimitRule(usd_per_day=1.0), hold_ttl_s=120)
+    assert lim.check("t1", None, None, 0, T0, reserve_usd=2.0).allowed  # one request may overshoot
+    assert not lim.check("t1", None, None, 0, T0 + 119_000, reserve_usd=0.1).allowed
+    assert lim.check("t1", None, None, 0, T0 + 122_000, reserve_usd=0.1).allowed
+
+
+def test_requests_without_a_budget_hold_nothing() -> None:
+    lim, state = limiter(key=LimitRule(requests_per_minute=10))
+    assert lim.check("t1", "k1", None, 0, T0, reserve_usd=3.0).allowed
+    assert not [key for key in state if key.startswith("hold:")]
+
+
+class Registry:
+    """Limits bound to keys and tenants where they are managed (processors/identity.py)."""
+
+    def key_rule(self, key_id: str) -> LimitRule | None:
+        return LimitRule(requests_per_minute=1) if key_id == "k-bound" else None
+
+    def tenant_rule(self, tenant_id: str) -> LimitRule | None:
+        return LimitRule(usd_per_day=0.5) if tenant_id == "t-bound" else None
+
+
+def test_limits_bound_to_a_key_or_tenant_come_before_the_settings() -> None:
+    lim = Limiter(
+        LimitsSettings(key=LimitRule(requests_per_minute=5)), JsonTable(), overrides=Registry()
+    )
+    assert lim.check("t1", "k-bound", None, 0, T0).allowed
+    refused = lim.check("t1", "k-bound", None, 0, T0)
+    assert refused.code == "rate_limit_exceeded" and "1 requests/min" in refused.message
+    # A key without limits of its own gets the settings' default for keys.
+    assert all(lim.check("t1", "k-other", None, 0, T0).allowed for _ in range(5))
+    assert not lim.check("t1", "k-other", None, 0, T0).allowed
+    lim.record_spend("t-bound", None, 0.5, T0)
+    assert lim.check("t-bound", None, None, 0, T0).code == "budget_exceeded"
+    assert lim.check("t1", None, None, 0, T0).allowed

@@ -46,6 +46,10 @@ DESIGN_EVENTS = {
     "CatalogueUpdated",
     "ProbeStarted",
     "DeploymentOutcomes",
+    # added by identity (issue 4): the key registry on the compacted sg.identity
+    "ApiKeyRecord",
+    "TenantRecord",
+    "PolicyRecord",
 }
 
 

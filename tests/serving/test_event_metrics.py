@@ -22,6 +22,7 @@ from sluicegate.schemas.models import (
     CacheFill,
     CostEntry,
     DeploymentHealth,
+    DriftDetected,
     InferenceFailed,
     InferenceResult,
     RequestRejected,
@@ -334,6 +335,25 @@ def test_budget_alerts_by_subject_kind_and_threshold() -> None:
     labels = {"subject_kind": "tenant", "period": "day", "tenant": "acme"}
     assert value(metrics, name, threshold="0.8", **labels) == 1
     assert value(metrics, name, threshold="1", **labels) == 1
+
+
+def test_drift_findings_count_and_show_their_latest_statistic() -> None:
+    metrics = EventMetrics()
+    for value_ in (0.31, 0.45):
+        finding = DriftDetected(
+            **envelope(),
+            metric="latency_ms",
+            statistic="psi",
+            value=value_,
+            threshold=0.2,
+            window_start_ms=now() - timedelta(minutes=5),
+            window_end_ms=now(),
+        )
+        metrics.observe(Emit("drift", "latency_ms", finding))
+    labels = {"metric": "latency_ms", "statistic": "psi", "tenant": "acme"}
+    assert value(metrics, "sluicegate_drift_detected_total", **labels) == 2
+    assert value(metrics, "sluicegate_drift_statistic", kind="value", **labels) == 0.45
+    assert value(metrics, "sluicegate_drift_statistic", kind="threshold", **labels) == 0.2
 
 
 def test_events_no_metric_reads_are_ignored_and_bad_ones_never_raise() -> None:

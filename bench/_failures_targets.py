@@ -29,6 +29,7 @@ from bench._targets import (
     broker_pid,
     ensure_broker,
     ensure_litellm,
+    register_bench_key,
 )
 
 ALIAS = "gpt-bench"
@@ -151,7 +152,13 @@ def start_sluicegate_failover(
     )
     env = {**os.environ, "BENCH_KEY": "sk-bench", **settings.to_env()}
     url = f"http://127.0.0.1:{settings.bridge.port}"
-    target = Target(name, f"{url}{CHAT}", {}, extra_pids={"kafka": broker_pid()})
+    target = Target(
+        name,
+        f"{url}{CHAT}",
+        {},
+        extra_pids={"kafka": broker_pid()},
+        headers={"Authorization": f"Bearer {register_bench_key(settings)}"},
+    )
     target.cleanup.append(lambda: shutil.rmtree(data_dir, ignore_errors=True))
     target.cleanup.append(lambda: _delete_kafka_state(settings))
     try:

@@ -9,7 +9,6 @@ created (the run's topics and consumer group), bounded in time, and is safe to c
 from __future__ import annotations
 
 import os
-import secrets
 import shutil
 import subprocess
 import sys
@@ -18,9 +17,11 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from bench._procs import Service, ServiceError, free_port, http_status, wait_http
+from sluicegate.processors.identity import issue_key
+from sluicegate.settings import AuthSettings
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 BENCH_HOME = Path.home() / ".sluicegate" / "bench"
@@ -39,6 +40,7 @@ class Target:
     extra_pids: dict[str, list[int]] = field(default_factory=dict)  # e.g. the broker
     version: str | None = None
     cleanup: list[Callable[[], None]] = field(default_factory=list)
+    headers: dict[str, str] = field(default_factory=dict)  # what a caller must send (its key)
 
     def roles(self) -> dict[str, list[int]]:
         """Pids per role; `worker2`, `worker3`... count as `worker`."""
@@ -153,7 +155,13 @@ def start_sluicegate(
     )
     env = {**os.environ, "BENCH_KEY": "sk-bench", **settings.to_env()}
     url = f"http://127.0.0.1:{settings.bridge.port}"
-    target = Target("sluicegate", f"{url}{CHAT}", {}, extra_pids={"kafka": broker_pid()})
+    target = Target(
+        "sluicegate",
+        f"{url}{CHAT}",
+        {},
+        extra_pids={"kafka": broker_pid()},
+        headers={"Authorization": f"Bearer {register_bench_key(settings)}"},
+    )
     target.cleanup.append(lambda: shutil.rmtree(data_dir, ignore_errors=True))
     target.cleanup.append(lambda: _delete_kafka_state(settings))
     try:
@@ -332,8 +340,24 @@ def start_litellm(
     return Target("litellm", f"{base}{CHAT}", {"litellm": service}, version=version)
 
 
+BENCH_TOKEN = issue_key(AuthSettings().key_prefix).token
+"""One key per benchmark run: sluicegate's key format, and LiteLLM's master key too (it takes
+any `sk-` string), so every target is called with the same Authorization header."""
+
+
 def new_master_key() -> str:
-    return f"sk-bench-{secrets.token_hex(16)}"
+    return BENCH_TOKEN
+
+
+def register_bench_key(settings: Any) -> str:
+    """Put BENCH_TOKEN on the run's identity topic (nothing on the bridge is open without a
+    key) and return it."""
+    from sluicegate.cli_identity import key_records, publish_records
+    from sluicegate.streams.topics import ensure_topics
+
+    ensure_topics(settings)
+    publish_records(settings, key_records(settings, token=BENCH_TOKEN, tenant_id="bench"))
+    return BENCH_TOKEN
 
 
 def probe(url: str, body: bytes, headers: dict[str, str], timeout_s: float = 10.0) -> float | None:

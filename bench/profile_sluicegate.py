@@ -110,13 +110,14 @@ def main() -> int:
             workers=args.sg_workers,
         )
         try:
-            if probe(target.url, body.read_bytes(), {}, timeout_s=30) is None:
+            if probe(target.url, body.read_bytes(), target.headers, timeout_s=30) is None:
                 raise RuntimeError("sluicegate: the warm-up request failed")
             load = subprocess.Popen(
                 [
                     str(loadgen),
                     "-url",
                     target.url,
+                    *(arg for k, v in target.headers.items() for arg in ("-H", f"{k}: {v}")),
                     "-body-file",
                     str(body),
                     "-mode",

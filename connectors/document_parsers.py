@@ -63,6 +63,7 @@ _BY_SUFFIX = {
     ".csv": CSV,
     ".tsv": TSV,
 }
+SUFFIXES = frozenset(_BY_SUFFIX)  # what a directory walk (`sluicegate ingest DIR`) picks up
 # Fields whose value is taken as the text of a record when `text_fields` is not given.
 TEXT_FIELD_NAMES = ("text", "content", "body", "abstract", "description", "summary")
 

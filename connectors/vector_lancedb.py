@@ -4,16 +4,18 @@ Why LanceDB: it is an embedded library (like SQLite) that is actively maintained
 PyPI as one wheel with its engine inside, works offline, keeps data in an open columnar format
 (Lance, Arrow-native), and has in one engine what retrieval needs — vector search with cosine
 distance, a built-in full-text index with BM25 scoring, SQL filters applied *before* the search
-(prefilter, so permission filtering never starves the top-k), and upserts by key. Chroma and
-Qdrant's local mode have no BM25 of their own; sqlite-vec would leave ANN and BM25 to us. Cost:
-about +220 MB installed (its wheel bundles the Lance engine), measured in docs/rag.md.
+(prefilter, so permission filtering never starves the top-k), and upserts by key. Weighed
+against it: Chroma (embedded, but its document search filters by substring, it does not rank by
+BM25), Qdrant's local mode (an in-process mode meant for development and tests), sqlite-vec (no
+ANN index, no BM25), FAISS (an index, not a store). Cost: about +180 MB installed (its wheel
+bundles the Lance engine; pyarrow is already a dependency through chDB).
 
 Layout: one table per collection (`<path>/<collection>.lance`), one row per chunk, keyed by
 (tenant_id, chunk_id). Parents of hierarchical chunking are rows with `searchable = false` and a
 zero vector: fetched by id, excluded from every search by the prefilter. Indices: full-text
 (BM25, English stemming and stop words) on `text`, a label-list index on `readers` and `tags`
 (the ACL and metadata filters), B-trees on `chunk_id` and `doc_id`; a cosine IVF-HNSW vector
-index once a table reaches `ann_min_rows` (below that a flat scan is exact and fast: ~20 ms at
+index once a table reaches `ann_min_rows` (below that a flat scan is exact and fast: ~13 ms p50 at
 10k x 384 on 2 cores). Rows written after an index was built are searched unindexed (flat) until
 `optimize()` folds them in, which happens every `optimize_every_rows` upserted rows.
 

@@ -38,11 +38,14 @@ import unicodedata
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import numpy as np
 
 from sluicegate.errors import SluicegateError
+
+if TYPE_CHECKING:
+    from sluicegate.settings import RagSettings
 
 COLLECTION_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,62}$")
 _ACL_KINDS = ("tenant", "role", "group", "user")
@@ -423,3 +426,17 @@ class InMemoryVectorStore:
 
     def close(self) -> None:
         pass
+
+
+def build_vector_store(settings: RagSettings) -> VectorStore:
+    """The configured adapter: LanceDB at `settings.path`, or Weaviate at `weaviate_url`."""
+    if settings.store == "weaviate":
+        from sluicegate.connectors.vector_weaviate import WeaviateVectorStore
+
+        key = settings.weaviate_api_key.get_secret_value() if settings.weaviate_api_key else None
+        return WeaviateVectorStore(
+            url=settings.weaviate_url, grpc_port=settings.weaviate_grpc_port, api_key=key
+        )
+    from sluicegate.connectors.vector_lancedb import LanceDBVectorStore
+
+    return LanceDBVectorStore(path=settings.path)

@@ -30,6 +30,7 @@ from sluicegate.processors.cache import (
     response_from_hit,
 )
 from sluicegate.processors.cost import usd
+from sluicegate.processors.enrichment import AwaitingRetrieval, Enricher, Refusal
 from sluicegate.processors.envelope import Emit, child_envelope, new_span_id, now, sibling_envelope
 from sluicegate.processors.guard import Guard
 from sluicegate.processors.health import HealthSnapshot
@@ -76,9 +77,11 @@ class Admission:
         cache: ResponseCache | None = None,
         defer_embedding: bool = False,
         limit_overrides: RuleOverrides | None = None,
+        enricher: Enricher | None = None,
     ) -> None:
         self._settings = settings
         self._cache = cache
+        self._enricher = enricher  # RAG: requests that name a knowledge base get context
         self._defer_embedding = defer_embedding
         self._router = router or Router.from_settings(settings)
         self._limiter = Limiter(
@@ -108,7 +111,7 @@ class Admission:
         router = Router.from_settings(settings)
         self._settings, self._router = settings, router
 
-    def run(self, request: RequestReceived) -> list[Emit] | AwaitingEmbedding:
+    def run(self, request: RequestReceived) -> list[Emit] | AwaitingEmbedding | AwaitingRetrieval:
         started = now()
         now_ms = self._clock_ms()
         span_id = new_span_id()
@@ -127,27 +130,44 @@ class Admission:
                 retry_after_s=error.retry_after_s,
                 attributes={"skipped": _skipped(error.skipped)} if error.skipped else {},
             )
-        reserve = self._max_cost(route, needs.prompt_tokens, needs.completion_tokens)
+        knowledge_base = None
+        if self._enricher is not None:
+            knowledge_base = self._enricher.knowledge_base(
+                request, self._settings.alias(request.model)
+            )
+            if isinstance(knowledge_base, Refusal):
+                return self._refused(request, started, span_id, knowledge_base)
+        # Retrieved context is not known yet: limits and budgets hold its whole token budget.
+        context_tokens = self._enricher.reserved_tokens if knowledge_base and self._enricher else 0
+        tokens_needed = needs.tokens_needed + context_tokens
+        reserve = self._max_cost(
+            route, needs.prompt_tokens + context_tokens, needs.completion_tokens
+        )
         limit = self._limiter.check(
             request.tenant_id,
             request.api_key_id,
             request.user,
-            needs.tokens_needed,
+            tokens_needed,
             now_ms,
             reserve_usd=reserve,
         )
         if not limit.allowed:
             return self._limited(request, started, span_id, limit)
         guarded: dict[str, str] = {}
-        fact: Emit | None = None
+        extras: list[Emit] = []  # the guard's and cache's spans, the guard's audit fact
         if self._guard.active:
+            guard_started = now()
             outcome = self._guard.check(request)
             guarded = outcome.attributes
+            status = "ok" if outcome.rejection is None else "error"
+            extras.append(_stage_span(request, span_id, "guard", guard_started, status, guarded))
             fact = guard_fact(request, guarded, stage="input", producer=PRODUCER)
+            if fact is not None:
+                extras.append(fact)
             if outcome.rejection is not None:
                 self._release(request, reserve, now_ms)
-                return self._audited(
-                    fact,
+                return _with(
+                    extras,
                     self._reject(
                         request,
                         started,
@@ -161,57 +181,80 @@ class Admission:
                     ),
                 )
             request = outcome.request  # masked or redacted: what the cache and model see
-        cache = self._cache
-        key = cache.key(request) if cache is not None else None
 
-        def finish(vector: np.ndarray | None = None, *, exact_missed: bool = False) -> list[Emit]:
-            hit = None
-            if cache is not None and key is not None:
-                if vector is not None:
-                    key.vector = vector
-                if not exact_missed:
-                    hit = cache.lookup_exact(key, now_ms=now_ms)
-                hit = hit or cache.lookup_semantic(key, now_ms=now_ms)
-            if hit is not None:
-                self._release(request, reserve, now_ms)
-                return self._audited(
-                    fact, self._answer_from_cache(request, started, span_id, hit, guarded)
+        def proceed(request: RequestReceived) -> list[Emit] | AwaitingEmbedding:
+            """The cache, then the inference task: on the request as the model will see it."""
+            cache = self._cache
+            cache_started = now()
+            key = cache.key(request) if cache is not None else None
+
+            def looked_up(hit: CacheHit | None) -> None:
+                outcome = {"result": f"hit:{hit.tier}" if hit is not None else "miss"}
+                extras.append(_stage_span(request, span_id, "cache", cache_started, "ok", outcome))
+
+            def finish(
+                vector: np.ndarray | None = None, *, exact_missed: bool = False
+            ) -> list[Emit]:
+                hit = None
+                if cache is not None and key is not None:
+                    if vector is not None:
+                        key.vector = vector
+                    if not exact_missed:
+                        hit = cache.lookup_exact(key, now_ms=now_ms)
+                    hit = hit or cache.lookup_semantic(key, now_ms=now_ms)
+                    looked_up(hit)
+                if hit is not None:
+                    self._release(request, reserve, now_ms)
+                    return _with(
+                        extras, self._answer_from_cache(request, started, span_id, hit, guarded)
+                    )
+                return _with(
+                    extras,
+                    self._admit(
+                        request,
+                        started,
+                        span_id,
+                        route,
+                        tokens_needed,
+                        reserve,
+                        now_ms,
+                        limit,
+                        key,
+                        guarded,
+                    ),
                 )
-            return self._audited(
-                fact,
-                self._admit(
-                    request,
-                    started,
-                    span_id,
-                    route,
-                    needs.tokens_needed,
-                    reserve,
-                    now_ms,
-                    limit,
-                    key,
-                    guarded,
-                ),
-            )
 
-        if cache is None or key is None or not self._defer_embedding:
-            return finish()
-        # Exact first (microseconds); the semantic tier embeds the question only on a miss.
-        exact = cache.lookup_exact(key, now_ms=now_ms)
-        if exact is not None:
-            self._release(request, reserve, now_ms)
-            return self._audited(
-                fact, self._answer_from_cache(request, started, span_id, exact, guarded)
-            )
-        text = cache.text_to_embed_for_lookup(key)
-        if text is not None:
-            return AwaitingEmbedding(text, lambda vector: finish(vector, exact_missed=True))
-        return finish(exact_missed=True)
+            if cache is None or key is None or not self._defer_embedding:
+                return finish()
+            # Exact first (microseconds); the semantic tier embeds the question only on a miss.
+            exact = cache.lookup_exact(key, now_ms=now_ms)
+            if exact is not None:
+                looked_up(exact)
+                self._release(request, reserve, now_ms)
+                return _with(
+                    extras, self._answer_from_cache(request, started, span_id, exact, guarded)
+                )
+            text = cache.text_to_embed_for_lookup(key)
+            if text is not None:
+                return AwaitingEmbedding(text, lambda vector: finish(vector, exact_missed=True))
+            return finish(exact_missed=True)
 
-    @staticmethod
-    def _audited(fact: Emit | None, emits: list[Emit]) -> list[Emit]:
-        """A guardrail rule decided: its audit fact goes out with the decision's events
-        (before the span, which stays last)."""
-        return [*emits[:-1], fact, emits[-1]] if fact is not None else emits
+        if knowledge_base is not None and self._enricher is not None:
+
+            def refuse(refusal: Refusal) -> list[Emit]:
+                self._release(request, reserve, now_ms)
+                return _with(extras, self._refused(request, started, span_id, refusal))
+
+            return self._enricher.plan(
+                request,
+                knowledge_base,
+                admission_span_id=span_id,
+                now_ms=now_ms,
+                extras=extras,
+                proceed=proceed,
+                refuse=refuse,
+            )
+        return proceed(request)
 
     def _max_cost(self, route: RouteDecision, prompt_tokens: int, completion_tokens: int) -> float:
         """The most this request can cost: its estimate at the priciest deployment it may
@@ -331,6 +374,21 @@ class Admission:
             self._span(task, started, "ok", attributes),
         ]
 
+    def _refused(
+        self, request: RequestReceived, started: datetime, span_id: str, refusal: Refusal
+    ) -> list[Emit]:
+        return self._reject(
+            request,
+            started,
+            span_id,
+            code=refusal.code,
+            error_type=refusal.error_type,
+            message=refusal.message,
+            http_status=refusal.http_status,
+            retry_after_s=None,
+            attributes={},
+        )
+
     def _limited(
         self, request: RequestReceived, started: datetime, span_id: str, limit: LimitDecision
     ) -> list[Emit]:
@@ -394,6 +452,35 @@ class Admission:
             attributes=attributes,
         )
         return Emit("traces", event.trace_id, span)
+
+
+def _with(extras: list[Emit], emits: list[Emit]) -> list[Emit]:
+    """The decision's events with the stages' spans and audit fact, before the admission span
+    (which stays last)."""
+    return [*emits[:-1], *extras, emits[-1]] if extras else emits
+
+
+def _stage_span(
+    request: RequestReceived,
+    admission_span_id: str,
+    name: str,
+    started: datetime,
+    status: str,
+    attributes: dict[str, str],
+) -> Emit:
+    """A step of admission (guard, cache) as a span of its own under the admission span, so
+    the waterfall shows where admission's time went."""
+    envelope = child_envelope(request, producer=PRODUCER)
+    envelope["parent_span_id"] = admission_span_id
+    span = Span(
+        **envelope,
+        name=name,
+        start_ms=started,
+        end_ms=now(),
+        status=status,
+        attributes=attributes,
+    )
+    return Emit("traces", request.trace_id, span)
 
 
 def _skipped(skipped: Mapping[str, str]) -> str:

@@ -325,8 +325,8 @@ class _Series:
 class DriftMonitor:
     """Folds samples into per-(tenant, metric) windows and EWMAs; returns what moved.
 
-    Single-threaded and in-process: the caller runs one per partition of tenant-keyed input
-    and persists `state_of` per series in a changelog-backed table.
+    Single-threaded and in-process: the worker runs one for all its partitions
+    (`drift_stage.DriftStage`) and persists `state_of` per series in a changelog-backed table.
     """
 
     def __init__(self, *, settings: DriftSettings, seed: int = 0) -> None:

@@ -75,6 +75,7 @@ class Finisher:
             finish_reason=finish_reason,
             usage=usage,
             model=task.model,
+            citations_json=task.citations_json if finish_reason is not None else None,
         )
         return Emit("stream", task.request_id, event)
 
@@ -125,6 +126,7 @@ class Finisher:
             finish_reason=completion.finish_reason,
             usage=usage,
             latency_ms=latency_ms,
+            citations_json=task.citations_json,  # the sources admission retrieved (RAG)
         )
         attributes = {
             "deployment": task.deployment,

@@ -13,7 +13,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from sluicegate.processors.guard_injection import score_injection
-from sluicegate.processors.guard_pii import PiiFinding, scan_pii
+from sluicegate.processors.guard_pii import PiiFinding, pii_engine
 from sluicegate.processors.policy import Facts, PolicyEngine, Principal
 from sluicegate.schemas.models import RequestReceived
 from sluicegate.settings import GuardrailsSettings
@@ -46,6 +46,7 @@ class Guard:
 
     def __init__(self, *, settings: GuardrailsSettings, engine: PolicyEngine | None = None) -> None:
         self._engine = engine or PolicyEngine.from_settings(settings)
+        self._pii = pii_engine(settings)  # guardrails.pii_engine: builtin or presidio
 
     @property
     def engine(self) -> PolicyEngine:
@@ -78,7 +79,8 @@ class Guard:
                 attributes["injection_signals"] = ",".join(signals)
         findings: dict[int, list[PiiFinding]] = {}
         if needs.pii_kinds:
-            findings = {i: scan_pii(m.content or "", needs.pii_kinds) for i, m in guarded}
+            scan = self._pii.scan
+            findings = {i: scan(m.content or "", needs.pii_kinds) for i, m in guarded}
         counts = Counter(f.kind for found in findings.values() for f in found)
         topics = (
             self._engine.topic_matcher.match("\n".join(texts), tenant=principal.tenant)

@@ -38,7 +38,7 @@ try:  # an optional accelerator: Rust, ~200x faster on the common case (a valid 
 except ImportError:  # pragma: no cover - depends on the environment
     jsonschema_rs = None  # type: ignore[assignment]
 
-from sluicegate.processors.guard_pii import PiiFinding, redact, scan_pii
+from sluicegate.processors.guard_pii import PiiFinding, pii_engine, redact, scan_pii
 from sluicegate.processors.policy import Facts, PolicyDecision, PolicyEngine, Principal
 from sluicegate.schemas.models import ChatMessage, InferenceTask, RequestReceived
 from sluicegate.settings import GuardrailsSettings
@@ -119,6 +119,7 @@ class OutputGuard:
 
     def __init__(self, *, settings: GuardrailsSettings, engine: PolicyEngine | None = None) -> None:
         self._engine = engine or PolicyEngine.from_settings(settings)
+        self._pii = pii_engine(settings)  # guardrails.pii_engine: builtin or presidio
 
     @property
     def active(self) -> bool:
@@ -148,7 +149,8 @@ class OutputGuard:
 
         pii: dict[str, list[PiiFinding]] = {}
         if needs.pii_kinds:
-            pii = {s: scan_pii(s, needs.pii_kinds) for s in {text, *_arg_strings(calls)} if s}
+            scan = self._pii.scan
+            pii = {s: scan(s, needs.pii_kinds) for s in {text, *_arg_strings(calls)} if s}
         counts = Counter(f.kind for found in pii.values() for f in found)
         if counts:
             attributes["output_pii"] = ",".join(f"{k}:{n}" for k, n in sorted(counts.items()))

@@ -179,6 +179,26 @@ class Principal:
         }
 
 
+def key_principal(record: ApiKeyRecord, tenant: TenantRecord) -> Principal:
+    """The principal an API key stands for, from its record and its tenant's."""
+    return Principal(
+        tenant_id=record.tenant_id,
+        subject=record.key_id,
+        method="api_key",
+        roles=frozenset(record.roles),
+        key_id=record.key_id,
+        name=record.name,
+        key_models=tuple(record.allowed_models),
+        tenant_models=tuple(tenant.allowed_models),
+        key_knowledge_bases=tuple(record.allowed_knowledge_bases),
+        tenant_knowledge_bases=tuple(tenant.allowed_knowledge_bases),
+        attributes={**record.attributes, **tenant.attributes},
+        limits=record.limits,
+        tenant_limits=tenant.limits,
+        expires_at_ms=record.expires_at_ms,
+    )
+
+
 def limit_rule(limits: IdentityLimits | None) -> LimitRule | None:
     """The limits of a key or tenant record as the limiter's rule; None when unset."""
     if limits is None:
@@ -602,22 +622,7 @@ class IdentityRegistry:
                     while len(self._failed) > self._settings.cache_max_entries:
                         self._failed.popitem(last=False)
             raise UnknownKeyError("Incorrect API key provided.")
-        principal = Principal(
-            tenant_id=record.tenant_id,
-            subject=record.key_id,
-            method="api_key",
-            roles=frozenset(record.roles),
-            key_id=record.key_id,
-            name=record.name,
-            key_models=tuple(record.allowed_models),
-            tenant_models=tuple(tenant.allowed_models),
-            key_knowledge_bases=tuple(record.allowed_knowledge_bases),
-            tenant_knowledge_bases=tuple(tenant.allowed_knowledge_bases),
-            attributes={**record.attributes, **tenant.attributes},
-            limits=record.limits,
-            tenant_limits=tenant.limits,
-            expires_at_ms=record.expires_at_ms,
-        )
+        principal = key_principal(record, tenant)
         self._remember(attempt.digest, principal, record, tenant, now_ms)
         return principal
 

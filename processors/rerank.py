@@ -3,9 +3,10 @@
 A cross-encoder (query and passage read together by one transformer, e.g. ms-marco-MiniLM)
 is the usual reranker. None installs offline here: flashrank's wheel (14 KB, checked) downloads
 its ONNX model from the Hugging Face hub at first use, the sentence-transformers rerankers do
-the same, and a search of the PyPI package lists found no package that ships cross-encoder
-weights. So the default is `FeatureBlendReranker`, a transparent linear blend of features that
-fusion alone does not use well:
+the same, and a search of the PyPI package lists (names and summaries) found no package that
+ships a passage-reranking cross-encoder's weights. So the reranker here is
+`FeatureBlendReranker` (`RagSettings.reranker = "blend"`), a transparent linear blend of
+features that fusion alone does not use well:
 
 - **dense**: cosine similarity of the query and the chunk with the MiniLM bi-encoder, computed
   for *every* candidate from its stored vector — fusion only knows it for the chunks the dense
@@ -17,9 +18,10 @@ fusion alone does not use well:
   chunk (a cheap phrase signal).
 
 Each feature is min-max normalised over the candidate set and blended with `weights`; the
-fused score is kept as a small tie-breaking prior. Its measured effect is in docs/rag.md — it is
-a heuristic, not a learned model, and is reported as such. A real cross-encoder plugs in behind
-the same `Reranker` protocol (processors/retrieval.py) when a deployment can load one.
+fused score is kept as a small tie-breaking prior. It is a hand-set heuristic, not a learned
+model, and its measured effect is mixed (docs/rag.md: better on the small labelled set, neutral
+on Cranfield), which is why it is off by default. A real cross-encoder plugs in behind the same
+`Reranker` protocol (processors/retrieval.py) when a deployment can load one.
 """
 
 from __future__ import annotations

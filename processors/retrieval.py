@@ -29,6 +29,7 @@ import logging
 import re
 import time
 from collections.abc import Mapping, Sequence
+from concurrent.futures import Executor, Future
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Literal, Protocol
 
@@ -275,12 +276,17 @@ class Retriever:
         tokenizer: Tokenizer,
         settings: RagSettings,
         reranker: Reranker | None = None,
+        executor: Executor | None = None,
     ) -> None:
+        """`executor`, when given, runs the BM25 search while the query is embedded and
+        searched densely (LanceDB and Weaviate release the GIL), so hybrid costs about the
+        slower of the two rather than their sum."""
         self._store = store
         self._embedder = embedder
         self._tokenizer = tokenizer
         self._settings = settings
         self._reranker = reranker
+        self._executor = executor
 
     def run(
         self,
@@ -343,6 +349,17 @@ class Retriever:
         query_vector: np.ndarray | None = None
         dense: list[Hit] = []
         keyword: list[Hit] = []
+
+        def keyword_search() -> tuple[list[Hit], float]:
+            started = time.perf_counter()
+            hits = self._store.keyword_search(
+                collection, query, top_k=settings.candidates, where=where
+            )
+            return self._admitted(hits, where), _ms(started)
+
+        pending: Future[tuple[list[Hit], float]] | None = None
+        if resolved == "hybrid" and self._executor is not None:
+            pending = self._executor.submit(keyword_search)
         if resolved in ("semantic", "hybrid"):
             started = time.perf_counter()
             query_vector = np.asarray(self._embedder.embed([query])[0], dtype=np.float32)
@@ -355,15 +372,10 @@ class Retriever:
                 where,
             )
             timings["dense"] = _ms(started)
-        if resolved in ("keyword", "hybrid"):
-            started = time.perf_counter()
-            keyword = self._admitted(
-                self._store.keyword_search(
-                    collection, query, top_k=settings.candidates, where=where
-                ),
-                where,
-            )
-            timings["keyword"] = _ms(started)
+        if pending is not None:
+            keyword, timings["keyword"] = pending.result()
+        elif resolved in ("keyword", "hybrid"):
+            keyword, timings["keyword"] = keyword_search()
         started = time.perf_counter()
         candidates = self._fuse(dense, keyword)
         timings["fuse"] = _ms(started)

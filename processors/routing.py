@@ -41,8 +41,9 @@ DEFAULT_COMPLETION_TOKENS: Final = 256
 
 OVERRIDE_KEY: Final = "sluicegate"
 # The `sluicegate` object carries every stage's per-request options; routing reads two of them
-# and must not refuse the others (`cache`: the response cache's opt-in/opt-out).
-_OVERRIDE_FIELDS: Final = frozenset({"deployment", "strategy", "cache"})
+# and must not refuse the others (`cache`: the response cache's opt-in/opt-out;
+# `knowledge_base`: enrichment's, processors/enrichment.py).
+_OVERRIDE_FIELDS: Final = frozenset({"deployment", "strategy", "cache", "knowledge_base"})
 _JSON_MODES: Final = frozenset({"json_object", "json_schema"})
 
 # Capability bits: a deployment is capable when (needs & ~caps) == 0.

@@ -121,6 +121,16 @@ class ChunkCreated(Event):
     ordinal: int = Field(description="Position within the document.")
     text: str = Field(description="Chunk text.")
     acl: list[str] = Field(default_factory=list, description="Inherited ACL.")
+    start: int = Field(default=0, description="Character offset of the chunk in the document's text. Added in v2.")
+    end: int = Field(default=0, description="Character offset just past the chunk.")
+    tokens: int = Field(default=0, description="Tokens in the chunk, counted by the knowledge base's tokenizer.")
+    section: str = Field(default='', description="Heading path of the chunk, e.g. `Guide > Install`.")
+    parent_id: str | None = Field(default=None, description="Hierarchical chunking: the parent chunk this child belongs to.")
+    is_parent: bool = Field(default=False, description="A parent chunk: stored and returned with its children, never embedded or searched.")
+    chunker: str = Field(default='', description="The chunker's spec, e.g. recursive:200:all-MiniLM-L6-v2.")
+    title: str | None = Field(default=None, description="The document's title.")
+    source_uri: str | None = Field(default=None, description="Where the document came from.")
+    metadata: dict[str, str] = Field(default_factory=dict, description="The document's metadata.")
 
 
 class ChunkEmbedded(Event):
@@ -131,7 +141,18 @@ class ChunkEmbedded(Event):
     chunk_id: str = Field(description="Chunk id.")
     knowledge_base: str = Field(description="Knowledge base.")
     embedding_model: str = Field(description="Model that embedded it.")
-    vector: list[float] = Field(description="The embedding.")
+    vector: list[float] = Field(description="The embedding; empty for a parent chunk, which is stored but never searched.")
+    text: str = Field(default='', description="Chunk text, so indexing needs no other topic. Added in v2.")
+    acl: list[str] = Field(default_factory=list, description="The document's ACL (DocumentSubmitted.acl).")
+    title: str | None = Field(default=None, description="The document's title.")
+    source_uri: str | None = Field(default=None, description="Where the document came from.")
+    section: str = Field(default='', description="Heading path of the chunk.")
+    start: int = Field(default=0, description="Character offset of the chunk in the document's text.")
+    end: int = Field(default=0, description="Character offset just past the chunk.")
+    ordinal: int = Field(default=0, description="Position within the document.")
+    parent_id: str | None = Field(default=None, description="Hierarchical chunking: the parent chunk this child belongs to.")
+    metadata: dict[str, str] = Field(default_factory=dict, description="The document's metadata.")
+    embedding_model_version: str = Field(default='', description="Version of the embedding model (weights digest or server-reported), beside its name.")
 
 
 class CostEntry(Event):
@@ -204,8 +225,11 @@ class DocumentSubmitted(Event):
     knowledge_base: str = Field(description="Target knowledge base.")
     text: str = Field(description="Plain text.")
     source_uri: str | None = Field(default=None, description="Where it came from.")
-    acl: list[str] = Field(default_factory=list, description="Principals allowed to retrieve it.")
+    acl: list[str] = Field(default_factory=list, description="Who may retrieve it: tenant:<id>, role:<name>, group:<name> or user:<subject> (roles, groups and users of the owning tenant); empty: everyone in the owning tenant.")
     metadata: dict[str, str] = Field(default_factory=dict, description="Document metadata.")
+    title: str | None = Field(default=None, description="Title (front matter, <title>, first heading, or the file name). Added in v2.")
+    media_type: str = Field(default='text/plain', description="Format the text was parsed from (text/markdown, application/pdf, ...).")
+    page_starts: list[int] = Field(default_factory=list, description="Character offset where each page begins (PDF), so a span maps to its page.")
 
 
 class DriftDetected(Event):
@@ -336,6 +360,7 @@ class InferenceTask(Event):
     cache_key: str | None = Field(default=None, description="Response-cache scope and key to store the answer under; null when not cacheable.")
     admitted_at_ms: int = Field(default=0, description="Epoch millis of the admission decision: where the rate limiter charged the estimate.")
     reserved_usd: float = Field(default=0.0, description="What admission held against the request's budgets (its maximum cost); spend releases it when the request is costed.")
+    citations_json: str | None = Field(default=None, description="Numbered sources of the retrieved context (RAG) as a JSON array, returned to the caller as `sluicegate.citations`; null when no knowledge base was searched.")
 
 
 class PolicyRecord(Event):
@@ -374,13 +399,27 @@ class RequestAdmitted(Event):
     checks: list[str] = Field(default_factory=list, description="Names of the checks that ran and passed.")
 
 
+class CitationSpan(AvroRecord):
+    """A character range of the document's text."""
+
+    AVRO_NAME: ClassVar[str] = "io.sluicegate.events.CitationSpan"
+    start: int = Field(description="First character.")
+    end: int = Field(description="One past the last character.")
+
+
 class Citation(AvroRecord):
     """Citation"""
 
     AVRO_NAME: ClassVar[str] = "io.sluicegate.events.Citation"
     doc_id: str = Field(description="Source document.")
-    chunk_id: str = Field(description="Source chunk.")
+    chunk_id: str = Field(description="Source chunk (the first one; chunk_ids lists them all).")
     score: float = Field(description="Fused retrieval score.")
+    number: int = Field(default=0, description="The source's number: `[number]` marks its block in the context. Added in v2.")
+    title: str | None = Field(default=None, description="The document's title.")
+    source_uri: str | None = Field(default=None, description="Where the document came from.")
+    section: str = Field(default='', description="Heading path of the cited text.")
+    chunk_ids: list[str] = Field(default_factory=list, description="Every chunk the block stands for (a parent and the children that matched).")
+    spans: list[CitationSpan] = Field(default_factory=list, description="Character spans of the cited text in the document.")
 
 
 class RequestEnriched(Event):
@@ -391,6 +430,7 @@ class RequestEnriched(Event):
     context: str = Field(description="The assembled context text.")
     citations: list[Citation] = Field(default_factory=list, description="Where the context came from.")
     context_tokens: int = Field(default=0, description="Tokens the context uses.")
+    mode: str = Field(default='hybrid', description="Retrievers used: keyword, semantic or hybrid. Added in v2.")
 
 
 class RequestReceived(Event):
@@ -435,6 +475,7 @@ class ResponseReady(Event):
     latency_ms: float = Field(description="Backend latency of the answering call.")
     cache_hit: bool = Field(default=False, description="Answered from the cache.")
     usd_saved: float = Field(default=0.0, description="Cost avoided by a cache hit.")
+    citations_json: str | None = Field(default=None, description="Numbered sources of the retrieved context (RAG) as a JSON array, returned to the caller as `sluicegate.citations`; null when no knowledge base was searched.")
 
 
 class Span(Event):
@@ -470,6 +511,7 @@ class TokenChunk(Event):
     finish_reason: str | None = Field(default=None, description="Set on the last chunk.")
     usage: TokenUsage | None = Field(default=None, description="Set on the last chunk.")
     model: str = Field(description="The alias the caller asked for.")
+    citations_json: str | None = Field(default=None, description="Numbered sources of the retrieved context (RAG) as a JSON array, returned to the caller as `sluicegate.citations`; null when no knowledge base was searched. Set on the last chunk only.")
 
 
 EVENT_MODELS: dict[str, type[Event]] = {"ApiKeyRecord": ApiKeyRecord, "AuditRecord": AuditRecord, "BudgetAlert": BudgetAlert, "CacheFill": CacheFill, "CatalogueUpdated": CatalogueUpdated, "ChunkCreated": ChunkCreated, "ChunkEmbedded": ChunkEmbedded, "CostEntry": CostEntry, "DeadLetter": DeadLetter, "DeploymentHealth": DeploymentHealth, "DeploymentOutcomes": DeploymentOutcomes, "DocumentSubmitted": DocumentSubmitted, "DriftDetected": DriftDetected, "EvalCaseResult": EvalCaseResult, "EvalRunCompleted": EvalRunCompleted, "InferenceFailed": InferenceFailed, "InferenceResult": InferenceResult, "InferenceTask": InferenceTask, "PolicyRecord": PolicyRecord, "ProbeStarted": ProbeStarted, "PromptVersionPublished": PromptVersionPublished, "RequestAdmitted": RequestAdmitted, "RequestEnriched": RequestEnriched, "RequestReceived": RequestReceived, "RequestRejected": RequestRejected, "ResponseReady": ResponseReady, "Span": Span, "TenantRecord": TenantRecord, "TokenChunk": TokenChunk}

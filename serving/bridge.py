@@ -47,6 +47,7 @@ from sluicegate.serving import openai_format as fmt
 from sluicegate.serving.admin_api import AdminApi, AdminAudit
 from sluicegate.serving.idempotency import IdempotencyCache
 from sluicegate.serving.kafka_io import AsyncProducer, ReplyRouter
+from sluicegate.serving.knowledge_api import add_routes as add_knowledge_routes
 from sluicegate.serving.metrics import BridgeMetrics
 from sluicegate.settings import Catalogue, Settings
 from sluicegate.streams.catalogue_view import CatalogueView
@@ -184,6 +185,7 @@ class Bridge:
         app.router.add_get("/healthz", self.healthz)
         app.router.add_get("/readyz", self.readyz)
         app.router.add_get("/metrics", self.metrics_page)
+        add_knowledge_routes(app, self)  # /v1/knowledge/{kb}/documents and /search (RAG)
         AdminApi(
             registry=self.identity.registry,
             publisher=self,

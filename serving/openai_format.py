@@ -186,7 +186,7 @@ def render_completion(response: ResponseReady) -> dict[str, Any]:
     message: dict[str, Any] = {"role": "assistant", "content": response.message.content}
     if response.message.tool_calls_json:
         message["tool_calls"] = json.loads(response.message.tool_calls_json)
-    return {
+    body = {
         "id": completion_id(response.request_id),
         "object": "chat.completion",
         "created": int(response.occurred_at.timestamp()),
@@ -202,13 +202,22 @@ def render_completion(response: ResponseReady) -> dict[str, Any]:
         "usage": _usage(response.usage),
         "system_fingerprint": response.deployment or None,
     }
+    return _with_citations(body, response.citations_json)
+
+
+def _with_citations(body: dict[str, Any], citations_json: str | None) -> dict[str, Any]:
+    """The extension field `sluicegate.citations` (RAG: the numbered sources of the context the
+    request was enriched with); the SDK keeps unknown fields (`completion.model_extra`)."""
+    if citations_json is not None:
+        body["sluicegate"] = {"citations": json.loads(citations_json)}
+    return body
 
 
 def render_chunk(chunk: TokenChunk, *, created: int, first: bool) -> dict[str, Any]:
     delta: dict[str, Any] = {"content": chunk.delta} if chunk.delta or first else {}
     if first:
         delta["role"] = "assistant"
-    return {
+    body = {
         "id": completion_id(chunk.request_id),
         "object": "chat.completion.chunk",
         "created": created,
@@ -217,6 +226,7 @@ def render_chunk(chunk: TokenChunk, *, created: int, first: bool) -> dict[str, A
             {"index": 0, "delta": delta, "finish_reason": chunk.finish_reason, "logprobs": None}
         ],
     }
+    return _with_citations(body, chunk.citations_json)
 
 
 def render_usage_chunk(chunk: TokenChunk, usage: TokenUsage, *, created: int) -> dict[str, Any]:

@@ -13,6 +13,8 @@ sluicegate tail TOPIC  decode a topic's Avro records to JSON lines
 sluicegate trace ID    a request's spans (bridge, admission, inference) as a waterfall
 sluicegate trace-export  the traces topic → an OpenTelemetry backend over OTLP/HTTP (optional)
 sluicegate keys create|list|rotate|revoke   API keys on sg.identity (operator)
+sluicegate ingest PATH… --kb NAME   parse files into a knowledge base (sg.documents)
+sluicegate rag         the RAG ingestion worker (chunk, embed, index); --reindex replays
 sluicegate audit verify  check the audit trail's hash chains
 """
 
@@ -31,6 +33,7 @@ from typing import Any
 
 from sluicegate.cli_identity import add_parsers as add_identity_parsers
 from sluicegate.cli_identity import bootstrap_key
+from sluicegate.cli_rag import add_parsers as add_rag_parsers
 from sluicegate.settings import Settings
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -63,7 +66,7 @@ def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
     state = _state_dir()
     token = bootstrap_key(settings, state)
     pids = state / "up.pids"
-    names = ("worker", "inference", "bridge", "sink")
+    names = ("worker", "inference", "bridge", "sink", "rag")
     children = [_spawn(name, state / f"{name}.log" if args.detach else None) for name in names]
     pids.write_text("\n".join(str(c.pid) for c in children))
     url = f"http://{settings.bridge.host}:{settings.bridge.port}"
@@ -456,6 +459,7 @@ def parser() -> argparse.ArgumentParser:
     tail.add_argument("--limit", type=int)
     tail.add_argument("--idle-exit", type=float, help="stop after this many idle seconds")
     COMMANDS.update(add_identity_parsers(sub))
+    COMMANDS.update(add_rag_parsers(sub))
     return root
 
 
@@ -476,9 +480,29 @@ COMMANDS = {
 }
 
 
+def _secrets_of(settings: Settings) -> set[str]:
+    """Every credential this process knows: the settings' own and the providers' keys."""
+    from sluicegate.errors import ConfigurationError
+    from sluicegate.secrets import known_secrets
+
+    found = known_secrets(settings)
+    for deployment in settings.deployments:
+        try:
+            key = deployment.api_key
+        except ConfigurationError:  # reported where the backend is built
+            continue
+        if key is not None:
+            found |= known_secrets(key)
+    return found
+
+
 def main(argv: list[str] | None = None) -> int:
+    from sluicegate.secrets import install_log_redaction
+
     args = parser().parse_args(argv)
-    return COMMANDS[args.command](Settings(), args)
+    settings = Settings()
+    install_log_redaction(_secrets_of(settings))  # before any process logs a thing
+    return COMMANDS[args.command](settings, args)
 
 
 if __name__ == "__main__":

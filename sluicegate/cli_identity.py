@@ -67,6 +67,47 @@ def publish_records(settings: Settings, records: list[Any]) -> None:
         raise BrokerError(f"identity records not written: {failures or 'flush timed out'}")
 
 
+def key_records(
+    settings: Settings,
+    *,
+    token: str,
+    tenant_id: str,
+    name: str = "",
+    roles: list[str] | None = None,
+    models: list[str] | None = None,
+    limits: dict[str, Any] | None = None,
+    registry: Any = None,
+) -> list[Any]:
+    """The records that make an issued `token` a key of `tenant_id` (and the tenant, when the
+    registry does not know it): only the hash of its secret goes in."""
+    from sluicegate.connectors.key_hashing import Argon2SecretHasher
+    from sluicegate.processors.identity import ACTIVE, identity_envelope, new_tenant, parse_key
+    from sluicegate.schemas.models import ApiKeyRecord, IdentityLimits
+
+    parsed = parse_key(token, settings.auth.key_prefix)
+    if parsed is None:
+        raise ValueError(f"not a key of the form {settings.auth.key_prefix}<key_id>_<secret>")
+    key_id, secret = parsed
+    records: list[Any] = []
+    if registry is None or registry.tenant(tenant_id) is None:
+        records.append(new_tenant(tenant_id, producer=PRODUCER))
+    records.append(
+        ApiKeyRecord(
+            **identity_envelope(tenant_id, producer=PRODUCER),
+            key_id=key_id,
+            name=name,
+            secret_hash=Argon2SecretHasher.from_settings(settings.auth).hash(secret),
+            roles=list(dict.fromkeys(roles or ["developer"])),
+            allowed_models=list(models or []),
+            limits=IdentityLimits(**limits) if limits else None,
+            status=ACTIVE,
+            created_at_ms=_now_ms(),
+            revision=1,
+        )
+    )
+    return records
+
+
 def mint_key(
     settings: Settings,
     *,
@@ -78,27 +119,24 @@ def mint_key(
     registry: Any = None,
 ) -> str:
     """Create a key (and its tenant, when new) on sg.identity; return the token."""
-    from sluicegate.connectors.key_hashing import Argon2SecretHasher
-    from sluicegate.processors.identity import new_key, new_tenant
-    from sluicegate.schemas.models import IdentityLimits
+    from sluicegate.processors.identity import issue_key
 
     registry = registry if registry is not None else _registry(settings)
-    records: list[Any] = []
-    if registry.tenant(tenant_id) is None:
-        records.append(new_tenant(tenant_id, producer=PRODUCER))
-    key, issued = new_key(
-        settings=settings.auth,
-        hasher=Argon2SecretHasher.from_settings(settings.auth),
-        tenant_id=tenant_id,
-        now_ms=_now_ms(),
-        producer=PRODUCER,
-        name=name,
-        roles=roles or ["developer"],
-        allowed_models=models or [],
-        limits=IdentityLimits(**limits) if limits else None,
+    token = issue_key(settings.auth.key_prefix).token
+    publish_records(
+        settings,
+        key_records(
+            settings,
+            token=token,
+            tenant_id=tenant_id,
+            name=name,
+            roles=roles,
+            models=models,
+            limits=limits,
+            registry=registry,
+        ),
     )
-    publish_records(settings, [*records, key])
-    return issued.token
+    return token
 
 
 def bootstrap_key(settings: Settings, state_dir: Path) -> str | None:

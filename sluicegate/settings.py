@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 from pathlib import Path
 from typing import Any, Literal
@@ -64,6 +63,14 @@ class Deployment(BaseModel):
     api_key_env: str | None = Field(
         default=None, description="Name of the environment variable that holds the API key."
     )
+    api_key_file: Path | None = Field(
+        default=None, description="A file holding the API key (Docker/Kubernetes secrets)."
+    )
+    api_key_vault: str | None = Field(
+        default=None,
+        description="Vault KV v2 reference `<mount>/<path>#<field>` (extra `vault`; "
+        "VAULT_ADDR and VAULT_TOKEN from the environment).",
+    )
     description: str = ""
     timeout_s: float = 60.0
     input_usd_per_mtok: float = Field(default=0.0, ge=0, description="Price of 1M input tokens.")
@@ -83,11 +90,13 @@ class Deployment(BaseModel):
 
     @property
     def api_key(self) -> SecretStr | None:
-        """The key, read from the variable this deployment names (configuration, by design)."""
-        if not self.api_key_env:
-            return None
-        value = os.environ.get(self.api_key_env)
-        return SecretStr(value) if value else None
+        """The key, from the environment variable, file or Vault entry this deployment names,
+        first found first (sluicegate/secrets.py)."""
+        from sluicegate.secrets import resolve_secret
+
+        return resolve_secret(
+            env=self.api_key_env, file=self.api_key_file, vault=self.api_key_vault
+        )
 
 
 class ModelAlias(BaseModel):
@@ -98,6 +107,11 @@ class ModelAlias(BaseModel):
     description: str = ""
     strategy: RoutingStrategy = Field(
         default="priority", description="How routing orders the deployments for one request."
+    )
+    knowledge_base: str | None = Field(
+        default=None,
+        description="Enrich every request with context retrieved from this knowledge base "
+        "(RAG); `extra_body.sluicegate.knowledge_base` overrides it per request.",
     )
 
 
@@ -173,6 +187,10 @@ class BridgeSettings(BaseModel):
         description="Requests waiting for an answer at once; past it the bridge sheds with 503.",
     )
     default_tenant: str = "default"
+    tls_cert_file: Path | None = Field(
+        default=None, description="PEM certificate (chain): serve HTTPS instead of HTTP."
+    )
+    tls_key_file: Path | None = Field(default=None, description="PEM private key of the cert.")
 
 
 class WorkerSettings(BaseModel):
@@ -404,9 +422,48 @@ class RagSettings(BaseModel):
     candidates: int = Field(default=40, ge=1, description="Hits per retriever before fusion.")
     top_k: int = Field(default=5, ge=1, description="Chunks kept after fusion and reranking.")
     reranker: Literal["none", "blend"] = Field(
-        default="blend", description="`blend`: MiniLM cosine + BM25 + term-coverage features."
+        default="none", description="`blend`: MiniLM cosine + BM25 + term-coverage features."
     )
     context_token_budget: int = Field(default=1500, ge=1)
+    context_preamble: str = Field(
+        default="Answer using the numbered sources below when they are relevant, and cite them "
+        "as [n]. If they do not contain the answer, say so.",
+        description="Instruction that opens the system message an enriched request gets.",
+    )
+    on_retrieval_error: Literal["reject", "continue"] = Field(
+        default="reject",
+        description="A failed retrieval: reject (503 `retrieval_unavailable`) or continue "
+        "without context (the enrich span records the error).",
+    )
+    embedding_base_url: str | None = Field(
+        default=None,
+        description="OpenAI-compatible /v1/embeddings server for knowledge bases whose "
+        "`embedding_model` is not all-MiniLM-L6-v2 (which runs locally).",
+    )
+    embedding_api_key_env: str | None = Field(
+        default=None, description="Environment variable holding that server's API key."
+    )
+    embedding_dimensions: int = Field(
+        default=1536, ge=1, description="Vector width of the models served there."
+    )
+    embed_batch_size: int = Field(default=32, ge=1, description="Chunks per embedding call.")
+    embed_batch_s: float = Field(
+        default=0.25, ge=0, description="Longest wait for an embedding batch to fill."
+    )
+    index_batch_size: int = Field(
+        default=500, ge=1, description="Chunks per vector-store upsert (LanceDB: one version each)."
+    )
+    index_batch_s: float = Field(
+        default=1.0, ge=0, description="Longest wait for an upsert batch to fill."
+    )
+    max_document_bytes: int = Field(
+        default=900_000,
+        ge=1024,
+        description="Largest document text (UTF-8) accepted; below Kafka's 1 MB message limit.",
+    )
+    max_upload_bytes: int = Field(
+        default=32 * 1024 * 1024, ge=1024, description="Largest file `POST .../documents` takes."
+    )
 
     @field_validator("path")
     @classmethod
@@ -484,6 +541,12 @@ class GuardrailsSettings(BaseModel):
     )
     pii_kinds: list[str] | None = Field(
         default=None, description="Kinds to look for (email, phone, credit_card, ...); null: all."
+    )
+    pii_engine: Literal["builtin", "presidio"] = Field(
+        default="builtin",
+        description="What finds PII (both directions): builtin (patterns and checksums, "
+        "~70 us/KB) or presidio (the `presidio` extra: Presidio's recognizers and a spaCy "
+        "model, ~300x slower).",
     )
     injection_action: Literal["off", "flag", "block"] = Field(
         default="flag",

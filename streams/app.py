@@ -41,14 +41,17 @@ import faust
 from faust.types import EventT
 
 from sluicegate.connectors.embeddings import Embedder, single
+from sluicegate.connectors.knowledge import KnowledgeServices
 from sluicegate.processors.admission import Admission, AwaitingEmbedding
 from sluicegate.processors.audit import AuditChain
 from sluicegate.processors.cache import ResponseCache
 from sluicegate.processors.cache_fill import CacheFiller
 from sluicegate.processors.drift_samples import PromptToEmbed
 from sluicegate.processors.drift_stage import DriftStage
+from sluicegate.processors.enrichment import AwaitingRetrieval, Enricher
 from sluicegate.processors.envelope import Emit
 from sluicegate.processors.health_stage import HealthStage
+from sluicegate.processors.identity import IdentityRegistry
 from sluicegate.processors.limits import RuleOverrides
 from sluicegate.processors.rejection import internal_error
 from sluicegate.processors.spend import Spend
@@ -203,6 +206,15 @@ def create_app(
             single(embedder) if embedder is not None else None,
             embedding_model=embedder.model_name if embedder is not None else "",
         )
+    # RAG enrichment: store and models load on first use (or now, for aliases that name a KB).
+    knowledge = KnowledgeServices(
+        settings.rag,
+        embedders=[embedder] if embedder is not None else [],
+        executor=ThreadPoolExecutor(2, thread_name_prefix="bm25"),
+    )
+    retrieval_pool = ThreadPoolExecutor(2, thread_name_prefix="retrieve")
+    for kb in {m.knowledge_base for m in settings.models if m.knowledge_base}:
+        retrieval_pool.submit(knowledge.retriever, kb)
     admission = Admission(
         settings=settings,
         limits_state=limits,
@@ -210,6 +222,12 @@ def create_app(
         cache=cache,
         defer_embedding=embedder is not None,
         limit_overrides=identity,
+        enricher=Enricher(
+            rag=settings.rag,
+            auth=settings.auth,
+            retrievers=knowledge,
+            directory=identity if isinstance(identity, IdentityRegistry) else None,
+        ),
     )
     # Embeddings (~7 ms of CPU each) run here, off the event loop the other agents share.
     embedding_pool = ThreadPoolExecutor(1, thread_name_prefix="embed")
@@ -225,6 +243,9 @@ def create_app(
 
     async def admit(request: RequestReceived) -> None:
         outcome = admission.run(request)
+        if isinstance(outcome, AwaitingRetrieval):  # a knowledge base: search it off the loop
+            loop = asyncio.get_running_loop()
+            outcome = outcome.resume(await loop.run_in_executor(retrieval_pool, outcome.retrieve))
         if isinstance(outcome, AwaitingEmbedding):
             outcome = outcome.resume(await embed(outcome.text))
         for emit in outcome:

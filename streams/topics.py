@@ -61,9 +61,10 @@ def catalogue(settings: Settings) -> list[TopicSpec]:
         TopicSpec(t("stream"), "request_id", ("TokenChunk",), 1 * DAY_MS),
         TopicSpec(t("traces"), "trace_id", ("Span",), 30 * DAY_MS),
         TopicSpec(t("cost"), "tenant_id", ("CostEntry",), 400 * DAY_MS, dlq=True),
-        TopicSpec(t("documents"), "doc_id", ("DocumentSubmitted",), 30 * DAY_MS),
-        TopicSpec(t("chunks"), "doc_id", ("ChunkCreated",), 30 * DAY_MS),
-        TopicSpec(t("embeddings"), "doc_id", ("ChunkEmbedded",), 30 * DAY_MS),
+        # RAG ingestion (serving/rag_worker.py): kept, since replays rebuild stores from them.
+        TopicSpec(t("documents"), "doc_id", ("DocumentSubmitted",), FOREVER, dlq=True),
+        TopicSpec(t("chunks"), "doc_id", ("ChunkCreated",), FOREVER, dlq=True),
+        TopicSpec(t("embeddings"), "doc_id", ("ChunkEmbedded",), FOREVER, dlq=True),
         TopicSpec(t("prompts"), "prompt_name", ("PromptVersionPublished",), cleanup="compact"),
         TopicSpec(
             t("evals"), "run_id", ("EvalCaseResult", "EvalRunCompleted"), 90 * DAY_MS, dlq=True

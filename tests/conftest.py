@@ -79,27 +79,17 @@ CALLER_TOKEN, LIMITED_TOKEN, RESTART_TOKEN = CALLER.token, LIMITED.token, RESTAR
 def publish_test_keys(settings: Settings) -> None:
     """Tenants and keys of TEST_KEYS on the identity topic of `settings` (before the bridges and
     workers start, so they read them with the rest of the topic)."""
-    from sluicegate.cli_identity import publish_records
-    from sluicegate.connectors.key_hashing import Argon2SecretHasher
-    from sluicegate.processors.identity import ACTIVE, identity_envelope, new_tenant
-    from sluicegate.schemas.models import ApiKeyRecord, IdentityLimits
+    from sluicegate.cli_identity import key_records, publish_records
 
-    hasher = Argon2SecretHasher.from_settings(settings.auth)
-    tenants = {key.tenant for key in TEST_KEYS}
-    records: list[Any] = [new_tenant(t, producer="tests") for t in sorted(tenants)]
+    records: list[Any] = []
     for key in TEST_KEYS:
-        records.append(
-            ApiKeyRecord(
-                **identity_envelope(key.tenant, producer="tests"),
-                key_id=key.key_id,
-                secret_hash=hasher.hash(key.issued.secret),
-                roles=list(key.roles),
-                allowed_models=list(key.models),
-                limits=IdentityLimits(**key.limits) if key.limits else None,
-                status=ACTIVE,
-                created_at_ms=int(time.time() * 1000),
-                revision=1,
-            )
+        records += key_records(
+            settings,
+            token=key.token,
+            tenant_id=key.tenant,
+            roles=list(key.roles),
+            models=list(key.models),
+            limits=key.limits,
         )
     publish_records(settings, records)
 

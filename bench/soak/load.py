@@ -35,7 +35,9 @@ class LoadPlan:
     model: str
     bridges: Sequence[str]  # base URLs, http://127.0.0.1:port
     stream_share: float = 0.3
-    tenants: int = 4
+    # >1 spreads requests over tenants (X-Sluicegate-Tenant), hence over sg.requests partitions;
+    # an anonymous caller may only act on the default tenant, so the soak uses 1.
+    tenants: int = 1
     max_attempts: int = 4
     attempt_timeout_s: float = 150.0
 
@@ -96,11 +98,9 @@ async def _one(
         "messages": [{"role": "user", "content": prompt_of(key)}],
         "stream": stream,
     }
-    headers = {
-        "Idempotency-Key": key,
-        "X-Sluicegate-Tenant": f"tenant-{index % plan.tenants}",
-        "Authorization": "Bearer sk-soak",
-    }
+    headers = {"Idempotency-Key": key}
+    if plan.tenants > 1:
+        headers["X-Sluicegate-Tenant"] = f"tenant-{index % plan.tenants}"
     for attempt in range(1, plan.max_attempts + 1):
         bridge = plan.bridges[(index + attempt - 1) % len(plan.bridges)]
         sent_at = time.time()

@@ -64,6 +64,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--targets", default=",".join(ROLES), help=f"what the chaos loop kills, of {ROLES}"
     )
     parser.add_argument("--no-chaos", action="store_true", help="the same load, nothing killed")
+    parser.add_argument(
+        "--sequence",
+        default="",
+        help="kill exactly these, in this order (e.g. broker,worker,worker), instead of rounds",
+    )
+    parser.add_argument(
+        "--no-wait-ready",
+        action="store_true",
+        help="go on to the next kill without waiting for the restarted process to be ready",
+    )
     parser.add_argument("--max-attempts", type=int, default=4, help="per request, same key")
     parser.add_argument("--request-timeout", type=float, default=120.0, help="the bridges', s")
     parser.add_argument("--settle", type=float, default=180.0, help="s to wait for final results")
@@ -72,8 +82,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--keep", action="store_true", help="keep the broker's data directory")
     args = parser.parse_args(argv)
     args.targets = [t.strip() for t in args.targets.split(",") if t.strip()]
-    if set(args.targets) - set(ROLES):
-        parser.error(f"--targets: choose from {ROLES}")
+    args.sequence = [t.strip() for t in args.sequence.split(",") if t.strip()]
+    if set(args.targets) - set(ROLES) or set(args.sequence) - set(ROLES):
+        parser.error(f"--targets, --sequence: choose from {ROLES}")
     if args.rate <= 0 or args.minutes <= 0:
         parser.error("--rate and --minutes must be positive")
     return args
@@ -101,6 +112,7 @@ class Chaos:
 class Soak:
     def __init__(self, args: argparse.Namespace, run_dir: Path, home: Path) -> None:
         from sluicegate.settings import (
+            AuthSettings,
             BridgeSettings,
             CacheSettings,
             Deployment,
@@ -143,8 +155,13 @@ class Soak:
             ],
             models=[ModelAlias(name=MODEL, deployments=["soak-upstream"])],
             cache=CacheSettings(enabled=False),
+            # Anonymous callers, tenant from X-Sluicegate-Tenant: keys are not what is soaked.
+            auth=AuthSettings(required=False),
         )
-        base_env = {**os.environ, "SOAK_UPSTREAM_KEY": "sk-soak", "SLUICEGATE_HOME": str(home)}
+        # The caller's SLUICEGATE_* variables stay out: a nested one (e.g.
+        # SLUICEGATE_KAFKA__BOOTSTRAP_SERVERS) could point a process at another broker.
+        inherited = {k: v for k, v in os.environ.items() if not k.startswith("SLUICEGATE_")}
+        base_env = {**inherited, "SOAK_UPSTREAM_KEY": "sk-soak", "SLUICEGATE_HOME": str(home)}
         env = {**base_env, **self.settings.to_env()}
         cli = python_module("sluicegate.cli")
         self.bridges = [f"http://127.0.0.1:{port}" for port in ports]
@@ -243,11 +260,14 @@ class Soak:
         end = begin + load_seconds - args.chaos_tail
         await asyncio.sleep(args.chaos_start)
         order: list[str] = []
+        scripted = list(args.sequence)
         while time.monotonic() < end and not self.stopping:
-            if not order:
+            if args.sequence and not scripted:
+                break
+            if not order and not scripted:
                 order = list(args.targets)
                 self.rng.shuffle(order)
-            target = order.pop(0)
+            target = scripted.pop(0) if scripted else order.pop(0)
             role = self.rng.choice(["bridge-a", "bridge-b"]) if target == "bridge" else target
             pause = self.rng.uniform(*args.pause)
             gap = self.rng.uniform(*args.gap)
@@ -275,6 +295,8 @@ class Soak:
             self.broker.start()
             return
         self.roles[role].start()
+        if self.args.no_wait_ready:
+            return
         try:
             self.roles[role].wait_ready(self.broker.bootstrap)
         except ServiceError as error:

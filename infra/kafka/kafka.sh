@@ -11,7 +11,7 @@
 #   SLUICEGATE_HOME                  default $HOME/.sluicegate
 #   SLUICEGATE_KAFKA_PORT            PLAINTEXT port, default 9092 (127.0.0.1 only)
 #   SLUICEGATE_KAFKA_CONTROLLER_PORT controller port, default 9093 (127.0.0.1 only)
-#   SLUICEGATE_KAFKA_HEAP_OPTS       default "-Xmx512m -Xms256m"
+#   SLUICEGATE_KAFKA_HEAP_OPTS       default "-Xmx1g -Xms256m" (each test run adds a few hundred partitions)
 #   SLUICEGATE_KAFKA_START_TIMEOUT   seconds to wait for readiness, default 120
 #   JAVA_HOME                        optional; otherwise java from PATH
 #
@@ -35,7 +35,7 @@ DATA="$BASE/data"
 PORT="${SLUICEGATE_KAFKA_PORT:-9092}"
 CPORT="${SLUICEGATE_KAFKA_CONTROLLER_PORT:-9093}"
 HOST=127.0.0.1
-HEAP_OPTS="${SLUICEGATE_KAFKA_HEAP_OPTS:--Xmx512m -Xms256m}"
+HEAP_OPTS="${SLUICEGATE_KAFKA_HEAP_OPTS:--Xmx1g -Xms256m}"
 START_TIMEOUT="${SLUICEGATE_KAFKA_START_TIMEOUT:-120}"
 
 PID_FILE="$DATA/kafka.pid"

@@ -57,3 +57,13 @@ def test_a_second_store_on_the_same_path_sees_the_data(tmp_path) -> None:
     LanceDBVectorStore(path=tmp_path).upsert("kb", [record("a#c0", "persisted", vec(1, 0, 0, 0))])
     reopened = LanceDBVectorStore(path=tmp_path)
     assert reopened.count("kb") == 1
+
+
+def test_build_vector_store_from_settings(tmp_path) -> None:
+    from sluicegate.connectors.vector_store import VectorStore, build_vector_store
+    from sluicegate.settings import RagSettings
+
+    store = build_vector_store(RagSettings(path=tmp_path / "lance"))
+    assert isinstance(store, LanceDBVectorStore) and isinstance(store, VectorStore)
+    store.upsert("kb", [record("a#c0", "built from settings", vec(1, 0, 0, 0))])
+    assert (tmp_path / "lance").is_dir()

@@ -29,19 +29,22 @@ from sluicegate.connectors.schema_registry import build_serde
 from sluicegate.processors.envelope import new_event_id, new_span_id, new_trace_id, now
 from sluicegate.schemas.models import RequestReceived, TokenChunk, TokenUsage
 from sluicegate.settings import Settings
-from tests.conftest import MIDSTREAM_WAYS
+from tests.conftest import CALLER_TOKEN, MIDSTREAM_WAYS
 from tests.fakes.openai_upstream import Behaviour
 from tests.topics_io import produce, wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration, pytest.mark.timeout(90)]
 
 # `k` SSE chunks of the fake: chunk 0 is the role, chunk 1 the first word, and so on.
+AUTH = {"Authorization": f"Bearer {CALLER_TOKEN}"}
 DIES = {"drop": Behaviour.drop, "cut": Behaviour.cut, "error": Behaviour.error_midstream}
 
 
 @pytest.fixture(scope="module")
 def client(bridge_url: str) -> openai.OpenAI:
-    return openai.OpenAI(base_url=f"{bridge_url}/v1", api_key="sk-mid", max_retries=0, timeout=60)
+    return openai.OpenAI(
+        base_url=f"{bridge_url}/v1", api_key=CALLER_TOKEN, max_retries=0, timeout=60
+    )
 
 
 @pytest.fixture(scope="module")
@@ -133,6 +136,7 @@ def test_the_raw_sse_of_a_broken_stream_ends_with_an_error_event(
         "POST",
         f"{bridge_url}/v1/chat/completions",
         json={"model": "gpt-mid-cut", "messages": user(question), "stream": True},
+        headers=AUTH,
         timeout=30,
     ) as response:
         lines = [line for line in response.iter_lines() if line.startswith("data: ")]
@@ -195,7 +199,7 @@ def _stream_with_chunks(
             "POST",
             f"{bridge_url}/v1/chat/completions",
             json={"model": "blackhole", "messages": user(marker), "stream": True},
-            headers={"X-Sluicegate-Timeout": "20"},
+            headers={"X-Sluicegate-Timeout": "20", **AUTH},
             timeout=40,
         ) as response:
             assert response.status_code == 200, response.read()

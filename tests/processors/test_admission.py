@@ -45,7 +45,11 @@ def settings() -> Settings:
 def test_admits_and_routes_to_the_first_deployment_of_the_alias() -> None:
     incoming = request("chat", stream=True, api_key_id="key-abc")
     emits = Admission(settings=settings()).run(incoming)
-    assert [e.topic for e in emits] == ["inference.gpu", "admitted", "traces"]
+    # The guard (injection flagging is on by default) has a span of its own under admission's.
+    assert [e.topic for e in emits] == ["inference.gpu", "admitted", "traces", "traces"]
+    guard = emits[2].event
+    assert guard.name == "guard" and guard.parent_span_id == emits[3].event.span_id
+    assert guard.attributes["injection_score"] == "0.00"
     task = emits[0].event
     assert isinstance(task, InferenceTask)
     assert (task.deployment, task.provider_model, task.pool) == ("a", "gpt-x", "gpu")
@@ -54,7 +58,7 @@ def test_admits_and_routes_to_the_first_deployment_of_the_alias() -> None:
     assert task.messages == incoming.messages and task.stream is True
     assert task.api_key_id == incoming.api_key_id == "key-abc"
     assert isinstance(emits[1].event, RequestAdmitted) and emits[1].key == "acme"
-    span = emits[2].event
+    span = emits[3].event
     assert isinstance(span, Span) and span.attributes["deployment"] == "a"
     assert span.start_ms <= span.end_ms and span.span_id == task.span_id
 
@@ -91,7 +95,7 @@ def limited_settings() -> Settings:
 
 def test_the_task_carries_the_fallback_chain_and_the_span_the_routing_reason() -> None:
     emits = Admission(settings=limited_settings()).run(request("chat"))
-    task, span = emits[0].event, emits[2].event
+    task, span = emits[0].event, emits[-1].event
     assert (task.deployment, task.fallbacks) == ("a", ["b"])
     assert task.estimated_tokens > 0 and task.admitted_at_ms > 0
     assert span.attributes["strategy"] == "priority" and span.attributes["fallbacks"] == "b"
@@ -202,12 +206,16 @@ def test_a_cached_answer_is_served_without_inference_and_records_the_saving() ->
     )
     CacheFiller(cache=cache).run(fill)
     again = admission.run(request("chat", stream=True))
-    assert [e.topic for e in again] == ["stream", "responses", "cost", "traces"]
+    topics = ["stream", "responses", "cost", "traces", "traces", "traces"]
+    assert [e.topic for e in again] == topics  # guard, cache, then admission's span
     response, cost = again[1].event, again[2].event
     assert isinstance(response, ResponseReady) and response.cache_hit
     assert response.message.content == "hello" and response.usd_saved == 0.002
     assert cost.cache_hit and cost.usd == 0 and cost.usd_saved == 0.002
-    assert again[3].event.attributes["cache"] == "exact"
+    cache_span, admission_span = again[4].event, again[5].event
+    assert (cache_span.name, cache_span.attributes["result"]) == ("cache", "hit:exact")
+    assert cache_span.parent_span_id == admission_span.span_id
+    assert admission_span.attributes["cache"] == "exact"
     other_tenant = admission.run(request("chat", tenant_id="globex"))
     assert other_tenant[0].topic == "inference.default"  # caches never cross tenants
 

@@ -91,6 +91,8 @@ def test_phone_positive(text, expected):
         "ticket 12345-67890",
         "population 123 456 789",
         "dated 2024-01-15 at 10:30",
+        "2024-03-14 10:30:45 ERROR consumer lag",
+        "at 2024-03-14 10:30 the job failed",
         "ISBN 978-3-16-148410-0",
         "+1 555 12",
         "between 1999 and 2024",
@@ -126,6 +128,11 @@ def test_card_positive(text, expected):
 )
 def test_card_negative(text):
     assert values_of(text, "credit_card") == []
+
+
+def test_a_luhn_valid_international_number_is_a_phone_not_a_card():
+    text = "Call me back at +4915164003761 after 5pm."  # the 13 digits pass Luhn
+    assert [(f.kind, f.value) for f in scan_pii(text)] == [("phone", "+4915164003761")]
 
 
 def test_luhn():

@@ -377,3 +377,20 @@ def test_caller_from_a_principal() -> None:
         "acme/group:ops",
         "acme/user:k123",
     }
+
+
+def test_an_executor_runs_bm25_alongside_and_changes_nothing() -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    store = seeded()
+    query = "descale the kettle with vinegar"
+    sequential = retriever(store).run(query=query, knowledge_base="kb", caller=ALICE)
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        settings = RagSettings(context_token_budget=400, top_k=5)
+        parallel = Retriever(
+            store=store, embedder=EMBEDDER, tokenizer=TOKENIZER, settings=settings, executor=pool
+        ).run(query=query, knowledge_base="kb", caller=ALICE)
+    assert [c.record.chunk_id for c in parallel.candidates] == [
+        c.record.chunk_id for c in sequential.candidates
+    ]
+    assert parallel.context == sequential.context and "keyword" in parallel.timings_ms

@@ -120,9 +120,22 @@ async def test_the_queue_embeds_in_order_and_survives_a_failure() -> None:
     assert handled == [("a", 1.0), ("abc", 3.0)]
 
 
-def _app(**update: Any) -> Any:
+class FakeEmbedder:
+    model_name = "fake"
+    dimensions = 4
+
+    def embed(self, texts: list[str]) -> np.ndarray:
+        return np.full((len(texts), 4), 0.5, dtype=np.float32)
+
+
+def _app(embedder: Any = None, **update: Any) -> Any:
     settings = Settings().model_copy(update=update)
-    return create_app(settings, serde=AvroSerde(registry=InMemorySchemaRegistry()))
+    serde = AvroSerde(registry=InMemorySchemaRegistry())
+    return create_app(settings, serde=serde, embedder=embedder)
+
+
+def _tasks(app: Any) -> set[str]:
+    return {task.__name__ for task in app._app_tasks}  # timers and tasks (no public listing)
 
 
 def test_the_app_wires_drift_when_enabled() -> None:
@@ -133,6 +146,15 @@ def test_the_app_wires_drift_when_enabled() -> None:
     off = _app(drift=DriftSettings(enabled=False), cache=CacheSettings(enabled=False))
     assert "drift_evals" not in off.agents and "drift" not in off.tables
     assert "ledger" not in off.agents  # no budgets, no drift: nothing reads sg.cost
+    assert "drift_timer" not in _tasks(off)
+
+
+def test_prompts_are_embedded_by_a_task_only_with_an_embedder() -> None:
+    cache = CacheSettings(enabled=True)
+    assert _tasks(_app(FakeEmbedder(), cache=cache)) == {"drift_timer", "drift_embeddings"}
+    assert _tasks(_app(None, cache=cache)) == {"drift_timer"}
+    no_vectors = DriftSettings(metrics=["latency_ms", "usd"])
+    assert _tasks(_app(FakeEmbedder(), cache=cache, drift=no_vectors)) == {"drift_timer"}
 
 
 def test_the_drift_changelog_is_in_the_catalogue() -> None:

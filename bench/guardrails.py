@@ -12,8 +12,12 @@ Sections (numbers printed as markdown tables, never asserted; JSON to bench/resu
 2. **Prompt injection**: `score_injection` at the default threshold (0.5, and 0.3 / 0.7) on
    the labelled corpus of the PyPI package `bastioncorpus` 0.6.0 (MIT; texts labelled malicious
    or benign, the benign rows written as false-positive traps), the only one of the registries'
-   packages that ships texts with labels (see docs/benchmarks.md for the others looked at);
-   and on the project's own corpus, tests/fixtures/guard/injection_cases.yaml, for comparison.
+   packages that ships texts with labels (see docs/benchmarks.md for the others looked at),
+   whole and in its two halves (`split`: by a hash of each text; the dev half was read while
+   designing the scorer, the held-out half was not, and the results hold only its counts); and
+   on the project's own corpus, tests/fixtures/guard/injection_cases.yaml, for comparison. Then
+   the scorer's own cost per KB and per call, on seeded prose (1 KB, 32 KB) and on the corpora's
+   short texts, best of 5 loops.
 3. **PII**: recall and precision per kind on a synthetic set with known spans
    (`bench/_guardrails_data.py`, seeded): values of every kind and format in sentences, and
    near misses (Luhn-invalid cards, IBANs with bad check digits, order numbers, ...) no engine
@@ -27,6 +31,7 @@ Sections (numbers printed as markdown tables, never asserted; JSON to bench/resu
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import random
 import time
@@ -231,6 +236,15 @@ class Labelled:
     attack: bool
     group: str  # category or kind, for the breakdown
     lang: str = "en"
+    half: str = ""  # "dev" or "held-out" for the public corpus (see `split`)
+
+
+def split(text: str) -> str:
+    """The half of the public corpus a text belongs to: `dev` when the first byte of its SHA-256
+    is even, else `held-out`. Deterministic, and independent of the corpus's order and ids. The
+    dev half was read while the scorer's signals were designed; the held-out half never was, and
+    the results keep only its counts, never its texts."""
+    return "dev" if hashlib.sha256(text.encode("utf-8")).digest()[0] % 2 == 0 else "held-out"
 
 
 def bastion_corpus() -> tuple[list[Labelled], str] | None:
@@ -238,10 +252,10 @@ def bastion_corpus() -> tuple[list[Labelled], str] | None:
         import bastioncorpus
     except ImportError:
         return None
-    rows = [
-        Labelled(r.render(CANARY), r.is_malicious, r.category, r.lang)
-        for r in bastioncorpus.load_corpus()
-    ]
+    rows = []
+    for r in bastioncorpus.load_corpus():
+        text = r.render(CANARY)
+        rows.append(Labelled(text, r.is_malicious, r.category, r.lang, split(text)))
     return rows, f"bastioncorpus {bastioncorpus.__version__} (MIT)"
 
 
@@ -262,38 +276,78 @@ def confusion(rows: list[Labelled], scores: list[float], threshold: float) -> di
             "f1": f1}  # fmt: skip
 
 
-def injection() -> dict[str, Any]:
-    sets: list[tuple[str, list[Labelled]]] = []
-    public = bastion_corpus()
-    if public is not None:
-        sets.append((public[1], public[0]))
-    sets.append(("project corpus (tests/fixtures/guard/injection_cases.yaml)", project_corpus()))
-    out: dict[str, Any] = {"public_dataset": public[1] if public else None, "sets": {}}
-    for name, rows in sets:
-        start = time.perf_counter()
-        scores = [score_injection(r.text).score for r in rows]
-        per_text_us = (time.perf_counter() - start) / len(rows) * 1e6
-        pairs = list(zip(rows, scores, strict=True))
-        by_threshold = {str(t): confusion(rows, scores, t) for t in (0.3, THRESHOLD, 0.7)}
-        groups: dict[str, list[int]] = defaultdict(lambda: [0, 0])
-        for r, s in sorted(pairs, key=lambda p: p[0].group):
-            groups[r.group][0] += s >= THRESHOLD
-            groups[r.group][1] += 1
-        langs: dict[str, list[int]] = defaultdict(lambda: [0, 0])
-        for r, s in pairs:
-            if r.attack:
-                langs[r.lang][0] += s >= THRESHOLD
-                langs[r.lang][1] += 1
-        out["sets"][name] = {
-            "rows": len(rows),
-            "attacks": sum(r.attack for r in rows),
-            "per_text_us": per_text_us,
-            "by_threshold": by_threshold,
-            "flagged_by_group": _counts(groups),
-            "attack_recall_by_lang": _counts(langs),
-            "missed": [r.text[:160] for r, s in pairs if r.attack and s < THRESHOLD],
-            "false_alarms": [r.text[:160] for r, s in pairs if not r.attack and s >= THRESHOLD],
+def summarize(rows: list[Labelled], scores: list[float]) -> dict[str, Any]:
+    pairs = list(zip(rows, scores, strict=True))
+    groups: dict[str, list[int]] = defaultdict(lambda: [0, 0])
+    for r, s in sorted(pairs, key=lambda p: p[0].group):
+        groups[r.group][0] += s >= THRESHOLD
+        groups[r.group][1] += 1
+    langs: dict[str, list[int]] = defaultdict(lambda: [0, 0])
+    for r, s in pairs:
+        if r.attack:
+            langs[r.lang][0] += s >= THRESHOLD
+            langs[r.lang][1] += 1
+    readable = [(r, s) for r, s in pairs if r.half != "held-out"]
+    return {
+        "rows": len(rows),
+        "attacks": sum(r.attack for r in rows),
+        "by_threshold": {str(t): confusion(rows, scores, t) for t in (0.3, THRESHOLD, 0.7)},
+        "flagged_by_group": _counts(groups),
+        "attack_recall_by_lang": _counts(langs),
+        "missed": [r.text[:160] for r, s in readable if r.attack and s < THRESHOLD],
+        "false_alarms": [r.text[:160] for r, s in readable if not r.attack and s >= THRESHOLD],
+    }
+
+
+def injection_cost(seed: int, quick: bool, texts: dict[str, list[str]]) -> dict[str, Any]:
+    """`score_injection` alone: best of 5 loops over each set of texts, in us per KB and per call.
+
+    Short texts cost more per KB than long ones (normalization and the trigger lookup have a
+    fixed part), so the seeded prose and the corpora are reported apart.
+    """
+    rng = random.Random(seed)
+    sets = {
+        "prose, 1 KB": [prose(rng, 1024) for _ in range(8)],
+        "prose, 32 KB": [prose(rng, 32 * 1024) for _ in range(2)],
+        **texts,
+    }
+    out = {}
+    for name, batch in sets.items():
+        reps = 1 if quick else max(1, 32 * 1024 // sum(len(t) for t in batch))
+        best = float("inf")
+        for _ in range(5):
+            start = time.perf_counter()
+            for _ in range(reps):
+                for text in batch:
+                    score_injection(text)
+            best = min(best, time.perf_counter() - start)
+        seconds = best / reps
+        out[name] = {
+            "us_per_kb": seconds / (sum(len(t) for t in batch) / 1024) * 1e6,
+            "us_per_call": seconds / len(batch) * 1e6,
+            "mean_chars": sum(len(t) for t in batch) / len(batch),
         }
+    return out
+
+
+def injection(seed: int, quick: bool) -> dict[str, Any]:
+    public = bastion_corpus()
+    project = project_corpus()
+    out: dict[str, Any] = {"public_dataset": public[1] if public else None, "sets": {}}
+    texts = {"project corpus texts": [r.text for r in project]}
+    if public is not None:
+        rows, name = public
+        scores = [score_injection(r.text).score for r in rows]
+        out["sets"][name] = summarize(rows, scores)
+        for half in ("dev", "held-out"):
+            keep = [i for i, r in enumerate(rows) if r.half == half]
+            out["sets"][f"{name}, {half} half"] = summarize(
+                [rows[i] for i in keep], [scores[i] for i in keep]
+            )
+        texts[f"{name} texts"] = [r.text for r in rows]
+    project_name = "project corpus (tests/fixtures/guard/injection_cases.yaml)"
+    out["sets"][project_name] = summarize(project, [score_injection(r.text).score for r in project])
+    out["cost"] = injection_cost(seed, quick, texts)
     return out
 
 
@@ -311,27 +365,48 @@ def injection_tables(results: dict[str, Any]) -> str:
     parts = [_report.table(["dataset", "threshold", "attacks / rows", "precision", "recall", "F1",
                             "false alarms", "missed"], rows)]  # fmt: skip
     if results["public_dataset"]:
-        r = results["sets"][results["public_dataset"]]
-        groups = r["flagged_by_group"]
-        benign = [g for g in groups if g.startswith("benign")]
-        rows = [[g, f"{v['flagged']} / {v['of']}"] for g, v in groups.items() if g not in benign]
-        flagged = sum(groups[g]["flagged"] for g in benign)
-        rows.append([f"benign (false-positive traps, {len(benign)} families)",
-                     f"{flagged} / {sum(groups[g]['of'] for g in benign)}"])  # fmt: skip
-        rows += [[f"&nbsp;&nbsp;{g}", f"{groups[g]['flagged']} / {groups[g]['of']}"]
-                 for g in benign if groups[g]["flagged"]]  # fmt: skip
-        langs = r["attack_recall_by_lang"]
-        rows += [[f"attacks in `{k}`", f"{v['flagged']} / {v['of']}"] for k, v in langs.items()]
+        name = results["public_dataset"]
+        halves = [results["sets"][k] for k in (name, f"{name}, dev half", f"{name}, held-out half")]
         parts.append(
-            f"Flagged at {THRESHOLD}, per category of {results['public_dataset']} and per "
-            "language:\n\n" + _report.table(["rows", "flagged"], rows)
+            f"{name} is split in two by a hash of each text (`bench.guardrails.split`): the dev "
+            "half was read while the scorer's signals were designed, the held-out half was not "
+            "(and its texts are left out of the JSON results). Flagged at "
+            f"{THRESHOLD}, per category and per language:\n\n"
+            + _report.table(["rows", "all", "dev", "held-out"], _breakdown(halves))
         )
     else:
         parts.append(
             "The public dataset (`pip install bastioncorpus==0.6.0`) is not installed: only the "
             "project's own corpus was measured."
         )
+    cost = [[name, f"{c['mean_chars']:,.0f}", f"{c['us_per_call']:.1f}", f"{c['us_per_kb']:.0f}"]
+            for name, c in results["cost"].items()]  # fmt: skip
+    parts.append(
+        "Cost of `score_injection` alone (best of 5 loops):\n\n"
+        + _report.table(["texts", "mean chars", "us per call", "us per KB"], cost)
+    )
     return "\n\n".join(parts)
+
+
+def _breakdown(sets: list[dict[str, Any]]) -> list[list[str]]:
+    """Rows of flagged / of per category (benign families summed) and per attack language."""
+
+    def cell(tally: dict[str, dict[str, int]], keys: list[str]) -> str:
+        hits = [tally[k] for k in keys if k in tally]
+        return f"{sum(h['flagged'] for h in hits)} / {sum(h['of'] for h in hits)}"
+
+    groups = sets[0]["flagged_by_group"]
+    benign = [g for g in groups if g.startswith("benign")]
+    attacks = [g for g in groups if g not in benign]
+    rows = [[g] + [cell(s["flagged_by_group"], [g]) for s in sets] for g in attacks]
+    rows.append([f"benign (false-positive traps, {len(benign)} families)"]
+                + [cell(s["flagged_by_group"], benign) for s in sets])  # fmt: skip
+    rows += [[f"&nbsp;&nbsp;{g}"] + [cell(s["flagged_by_group"], [g]) for s in sets]
+             for g in benign if groups[g]["flagged"]]  # fmt: skip
+    langs = sets[0]["attack_recall_by_lang"]
+    rows += [[f"attacks in `{k}`"] + [cell(s["attack_recall_by_lang"], [k]) for s in sets]
+             for k in langs]  # fmt: skip
+    return rows
 
 
 # ----------------------------------------------------------------------------- 3. PII
@@ -575,7 +650,7 @@ def main() -> None:
     print("1. latency ...", flush=True)
     lat = latency(args.seed, args.quick)
     print("2. prompt injection ...", flush=True)
-    inj = injection()
+    inj = injection(args.seed, args.quick)
     print("3. PII ...", flush=True)
     pii_results = pii(args.seed, args.quick, presidio=not args.no_presidio)
     took = time.perf_counter() - started

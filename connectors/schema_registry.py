@@ -12,6 +12,7 @@ import hashlib
 import json
 import threading
 import time
+from collections.abc import Mapping
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 
@@ -62,14 +63,27 @@ class InMemorySchemaRegistry:
 class EmbeddedSchemaRegistry:
     """Schemas by id in a compacted one-partition topic: the default without a registry server."""
 
-    def __init__(self, *, bootstrap_servers: str, topic: str, timeout_s: float = 10.0) -> None:
+    def __init__(
+        self,
+        *,
+        bootstrap_servers: str,
+        topic: str,
+        timeout_s: float = 10.0,
+        client_config: Mapping[str, str] | None = None,
+    ) -> None:
         self._bootstrap = bootstrap_servers
+        self._client_config = dict(client_config or {})
         self._topic = topic
         self._timeout_s = timeout_s
         self._schemas: dict[int, str] = {}
         self._lock = threading.Lock()
         self._producer = Producer(
-            {"bootstrap.servers": bootstrap_servers, "enable.idempotence": True, "acks": "all"}
+            {
+                "bootstrap.servers": bootstrap_servers,
+                **self._client_config,
+                "enable.idempotence": True,
+                "acks": "all",
+            }
         )
         self._load()
 
@@ -124,6 +138,7 @@ class EmbeddedSchemaRegistry:
         consumer = Consumer(
             {
                 "bootstrap.servers": self._bootstrap,
+                **self._client_config,
                 "group.id": "sluicegate-registry-reader",
                 "enable.auto.commit": False,
                 "enable.partition.eof": True,
@@ -190,12 +205,18 @@ class ConfluentSchemaRegistry:
 
 
 def build_schema_registry(
-    settings: RegistrySettings, *, bootstrap_servers: str, topic: str
+    settings: RegistrySettings,
+    *,
+    bootstrap_servers: str,
+    topic: str,
+    client_config: Mapping[str, str] | None = None,
 ) -> EmbeddedSchemaRegistry | ConfluentSchemaRegistry:
     """The adapter the configuration names."""
     if settings.kind == "confluent":
         return ConfluentSchemaRegistry(settings=settings)
-    return EmbeddedSchemaRegistry(bootstrap_servers=bootstrap_servers, topic=topic)
+    return EmbeddedSchemaRegistry(
+        bootstrap_servers=bootstrap_servers, topic=topic, client_config=client_config
+    )
 
 
 def build_serde(settings: Settings) -> AvroSerde:
@@ -204,6 +225,7 @@ def build_serde(settings: Settings) -> AvroSerde:
         settings.registry,
         bootstrap_servers=settings.kafka.bootstrap_servers,
         topic=settings.topic("_schemas"),
+        client_config=settings.kafka.client_config(),
     )
     serde = AvroSerde(registry=registry)
     serde.register_all()

@@ -1,9 +1,11 @@
 """Admission: the one in-process stage between the journal and inference.
 
-It runs route → limits → cache on the tenant's partition with no repartition, so the hot path
-has a single Kafka hop between the bridge's journal write and the inference worker. Every
-decision is still an event (RequestAdmitted / RequestRejected, a Span with the routing reason)
-for the side topics.
+It runs route → limits → guard → enrich → cache on the tenant's partition with no repartition,
+so the hot path has a single Kafka hop between the bridge's journal write and the inference
+worker. Every decision is still an event (RequestAdmitted / RequestRejected, a Span with the
+routing reason) for the side topics. Enrichment (a request that names a knowledge base,
+processors/enrichment.py) and the semantic cache's embedding pause admission for blocking work
+(`AwaitingRetrieval`, `AwaitingEmbedding`) that the agent runs off its event loop.
 
 State (rate-limit counters, budgets, cache entries) sits in mappings the caller provides: the
 Faust agent passes its changelog-backed tables, so a restarted worker resumes with the same
@@ -31,7 +33,14 @@ from sluicegate.processors.cache import (
 )
 from sluicegate.processors.cost import usd
 from sluicegate.processors.enrichment import AwaitingRetrieval, Enricher, Refusal
-from sluicegate.processors.envelope import Emit, child_envelope, new_span_id, now, sibling_envelope
+from sluicegate.processors.envelope import (
+    Emit,
+    child_envelope,
+    new_span_id,
+    now,
+    sibling_envelope,
+    span_emit,
+)
 from sluicegate.processors.guard import Guard
 from sluicegate.processors.health import HealthSnapshot
 from sluicegate.processors.limits import LimitDecision, Limiter, RuleOverrides
@@ -43,7 +52,6 @@ from sluicegate.schemas.models import (
     RequestReceived,
     RequestRejected,
     ResponseReady,
-    Span,
 )
 from sluicegate.settings import Settings
 
@@ -443,15 +451,10 @@ class Admission:
         status: str,
         attributes: dict[str, str],
     ) -> Emit:
-        span = Span(
-            **sibling_envelope(event, producer=PRODUCER),
-            name=PRODUCER,
-            start_ms=started,
-            end_ms=now(),
-            status=status,
-            attributes=attributes,
+        envelope = sibling_envelope(event, producer=PRODUCER)
+        return span_emit(
+            envelope, name=PRODUCER, started=started, status=status, attributes=attributes
         )
-        return Emit("traces", event.trace_id, span)
 
 
 def _with(extras: list[Emit], emits: list[Emit]) -> list[Emit]:
@@ -472,15 +475,7 @@ def _stage_span(
     the waterfall shows where admission's time went."""
     envelope = child_envelope(request, producer=PRODUCER)
     envelope["parent_span_id"] = admission_span_id
-    span = Span(
-        **envelope,
-        name=name,
-        start_ms=started,
-        end_ms=now(),
-        status=status,
-        attributes=attributes,
-    )
-    return Emit("traces", request.trace_id, span)
+    return span_emit(envelope, name=name, started=started, status=status, attributes=attributes)
 
 
 def _skipped(skipped: Mapping[str, str]) -> str:

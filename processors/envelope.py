@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import secrets
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sluicegate.schemas.models import Event
+from sluicegate.schemas.models import Event, Span
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,3 +81,23 @@ def sibling_envelope(event: Event, *, producer: str) -> dict[str, Any]:
         "run_id": event.run_id,
         "producer": producer,
     }
+
+
+def span_emit(
+    envelope: Mapping[str, Any],
+    *,
+    name: str,
+    started: datetime,
+    status: str,
+    attributes: Mapping[str, str],
+) -> Emit:
+    """A stage's Span, ending now, for sg.traces (keyed by trace, so a trace stays together)."""
+    span = Span(
+        **envelope,
+        name=name,
+        start_ms=started,
+        end_ms=now(),
+        status=status,
+        attributes=dict(attributes),
+    )
+    return Emit("traces", span.trace_id, span)

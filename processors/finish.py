@@ -15,7 +15,7 @@ from sluicegate.connectors.ports import Completion
 from sluicegate.errors import BackendError
 from sluicegate.processors.audit import guard_fact
 from sluicegate.processors.cost import cost_entry, usd
-from sluicegate.processors.envelope import Emit, child_envelope, now, sibling_envelope
+from sluicegate.processors.envelope import Emit, child_envelope, now, sibling_envelope, span_emit
 from sluicegate.processors.guard_output import OutputContext, OutputDecision, OutputGuard
 from sluicegate.processors.resilience import Fallback, GiveUp, Retry
 from sluicegate.schemas.models import (
@@ -27,7 +27,6 @@ from sluicegate.schemas.models import (
     ProbeStarted,
     RequestRejected,
     ResponseReady,
-    Span,
     TokenChunk,
     TokenUsage,
 )
@@ -40,6 +39,7 @@ NOT_CACHED = frozenset({"content_filter"})
 _ERROR_TYPE = {
     "rate_limited": "rate_limit_error",
     "timeout": "timeout",
+    "expired": "timeout",
     "context_too_long": "invalid_request_error",
     "content_policy": "invalid_request_error",
     "bad_request": "invalid_request_error",
@@ -168,15 +168,13 @@ class Finisher:
     @staticmethod
     def _guard_span(result: InferenceResult, decision: OutputDecision, started: datetime) -> Emit:
         """The output guard as a stage of its own in the waterfall, under the inference span."""
-        span = Span(
-            **child_envelope(result, producer=PRODUCER),
+        return span_emit(
+            child_envelope(result, producer=PRODUCER),
             name="output_guard",
-            start_ms=started,
-            end_ms=now(),
+            started=started,
             status="error" if decision.block is not None else "ok",
             attributes=decision.attributes,
         )
-        return Emit("traces", result.trace_id, span)
 
     @staticmethod
     def _cache_fill(
@@ -288,12 +286,7 @@ class Finisher:
         status: str,
         attributes: dict[str, str],
     ) -> Emit:
-        span = Span(
-            **sibling_envelope(event, producer=PRODUCER),
-            name=PRODUCER,
-            start_ms=started,
-            end_ms=now(),
-            status=status,
-            attributes=attributes,
+        envelope = sibling_envelope(event, producer=PRODUCER)
+        return span_emit(
+            envelope, name=PRODUCER, started=started, status=status, attributes=attributes
         )
-        return Emit("traces", event.trace_id, span)

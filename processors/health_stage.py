@@ -20,7 +20,7 @@ from dataclasses import replace
 from typing import Any
 
 from sluicegate.processors.envelope import Emit, child_envelope
-from sluicegate.processors.resilience import HealthTracker, Observation
+from sluicegate.processors.resilience import NOT_CALLS, HealthTracker, Observation
 from sluicegate.schemas.models import (
     DeploymentHealth,
     DeploymentOutcomes,
@@ -32,7 +32,7 @@ from sluicegate.settings import ResilienceSettings
 
 PRODUCER = "health"
 # Not calls: the worker refused them itself, so they say nothing new about the deployment.
-NOT_OBSERVATIONS = frozenset({"circuit_open"})
+NOT_OBSERVATIONS = NOT_CALLS
 
 
 class HealthStage:

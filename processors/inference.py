@@ -98,7 +98,7 @@ class InferenceStage:
                 )
             if task.deadline_ms is not None and self._clock_ms() > task.deadline_ms:
                 raise BackendError(
-                    "the request's deadline passed before inference started", error_class="timeout"
+                    "the request's deadline passed before inference started", error_class="expired"
                 )
             if task.stream:
                 completion, ttft_ms = None, None

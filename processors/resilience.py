@@ -39,12 +39,16 @@ CALLER_FAULTS = frozenset({"bad_request", "context_too_long", "content_policy", 
 # Another try of the same request on the same deployment may succeed.
 RETRYABLE = frozenset({"rate_limited", "server_error", "timeout", "connection", "unavailable"})
 # No deployment will accept this request as it is: neither retry nor fallback can help.
-HOPELESS = frozenset({"bad_request", "content_policy"})
+# `expired`: the deadline passed before the call (a backlog after an outage), so nothing can.
+HOPELESS = frozenset({"bad_request", "content_policy", "expired"})
+# Refused by the worker itself, never sent: they say nothing about the deployment's health.
+NOT_CALLS = frozenset({"circuit_open", "expired"})
 
 _HTTP_STATUS = {
     "unsupported": 400,
     "rate_limited": 429,
     "timeout": 504,
+    "expired": 504,
     "context_too_long": 400,
     "content_policy": 400,
     "bad_request": 400,
@@ -58,7 +62,7 @@ def counts_against_breaker(error_class: str) -> bool:
     An unrecognised class is counted because erring towards opening a breaker only costs a
     fallback, while erring the other way keeps sending traffic into a broken deployment.
     """
-    return error_class not in CALLER_FAULTS
+    return error_class not in CALLER_FAULTS and error_class not in NOT_CALLS
 
 
 def http_status_for(error_class: str) -> int:

@@ -121,7 +121,7 @@ class AnalyticsSinkWorker:
         self.stats = SinkStats()
         self._consumer = Consumer(
             {
-                "bootstrap.servers": settings.kafka.bootstrap_servers,
+                **settings.kafka.client_config(),
                 "group.id": f"{settings.worker.app_id}-analytics",
                 "client.id": f"analytics-{uuid.uuid4().hex[:8]}",
                 "enable.auto.commit": False,

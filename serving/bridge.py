@@ -145,9 +145,13 @@ class Bridge:
     async def start(self, _app: web.Application | None = None) -> None:
         loop = asyncio.get_running_loop()
         bootstrap = self.settings.kafka.bootstrap_servers
-        self.journal = AsyncProducer(bootstrap_servers=bootstrap, loop=loop)
+        client_config = self.settings.kafka.client_config()
+        self.journal = AsyncProducer(
+            bootstrap_servers=bootstrap, loop=loop, client_config=client_config
+        )
         self.router = ReplyRouter(
             bootstrap_servers=bootstrap,
+            client_config=client_config,
             serde=self.serde,
             loop=loop,
             topics=[self.settings.topic("responses"), self.settings.topic("stream")],
@@ -452,25 +456,34 @@ class Bridge:
         started = now()
         outcome = "error"
         try:
+            journaled_by = loop.time() + timeout_s
             try:
-                await self.journal.publish(
-                    self._requests_topic, event.tenant_id, self.serde.encode(event)
+                # Bounded by the request's own timeout: with the broker down, librdkafka would
+                # otherwise keep the caller waiting for its message timeout (300 s).
+                await asyncio.wait_for(
+                    self.journal.publish(
+                        self._requests_topic, event.tenant_id, self.serde.encode(event)
+                    ),
+                    timeout_s,
                 )
-            except BrokerError as error:
+            except (BrokerError, TimeoutError) as error:
+                detail = str(error) or f"no acknowledgement within {timeout_s:g} s"
                 raise OpenAIError(
                     503,
-                    f"The request could not be journaled: {error}",
+                    f"The request could not be journaled: {detail}. It may still be appended "
+                    "and answered to nobody; retry with the same Idempotency-Key.",
                     type_="server_error",
                     code="journal_unavailable",
+                    headers={"Retry-After": "1"},
                 ) from error
-            deadline = loop.time() + timeout_s
+            deadline = max(journaled_by, loop.time() + 0.001)  # the whole call within timeout_s
             if event.stream:
                 answer, response = await self._stream(
                     request, waiter, deadline, event.request_id, timeout_s
                 )
             else:
                 try:
-                    answer = await asyncio.wait_for(waiter.final, timeout_s)
+                    answer = await asyncio.wait_for(waiter.final, deadline - loop.time())
                 except TimeoutError:
                     raise self._timeout_error(event.request_id, timeout_s) from None
                 response = self._answer(answer)

@@ -112,6 +112,7 @@ class AnsweredRequests:
         topic: str,
         window_s: float = ANSWERED_WINDOW_S,
         clock: Callable[[], float] = time.time,
+        client_config: Mapping[str, str] | None = None,
     ) -> None:
         self._topic = topic
         self._window_s = window_s
@@ -121,6 +122,7 @@ class AnsweredRequests:
         self._consumer = Consumer(
             {
                 "bootstrap.servers": bootstrap_servers,
+                **(client_config or {}),
                 "group.id": f"sluicegate-answered-{uuid.uuid4()}",
                 "enable.auto.commit": False,
                 "enable.partition.eof": False,
@@ -223,14 +225,16 @@ class InferenceWorker:
         self._topics = [settings.topic(f"inference.{p}") for p in (pools or settings.pools)]
         self._tracker = OffsetTracker()
         self._answered = AnsweredRequests(
-            bootstrap_servers=settings.kafka.bootstrap_servers, topic=settings.topic("responses")
+            bootstrap_servers=settings.kafka.bootstrap_servers,
+            topic=settings.topic("responses"),
+            client_config=settings.kafka.client_config(),
         )
         self._started: OrderedDict[tuple[str, int], None] = OrderedDict()
         self.skipped = 0  # redelivered tasks not run again
         self._fetcher = ThreadPoolExecutor(1, thread_name_prefix="inference-fetch")
         self._consumer = Consumer(
             {
-                "bootstrap.servers": settings.kafka.bootstrap_servers,
+                **settings.kafka.client_config(),
                 "group.id": f"{settings.worker.app_id}-inference",
                 "client.id": f"inference-{uuid.uuid4().hex[:8]}",
                 "enable.auto.commit": True,
@@ -255,7 +259,9 @@ class InferenceWorker:
     async def run(self, stop: asyncio.Event) -> None:
         loop = asyncio.get_running_loop()
         self._producer = AsyncProducer(
-            bootstrap_servers=self._settings.kafka.bootstrap_servers, loop=loop
+            bootstrap_servers=self._settings.kafka.bootstrap_servers,
+            loop=loop,
+            client_config=self._settings.kafka.client_config(),
         )
         await loop.run_in_executor(None, self._health.start)
         await loop.run_in_executor(None, self._answered.start)

@@ -11,7 +11,7 @@ import asyncio
 import logging
 import threading
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 from confluent_kafka import (
     OFFSET_END,
@@ -64,10 +64,17 @@ class AsyncProducer:
     known, so the bridge answers 503 and the inference worker leaves its offset uncommitted).
     """
 
-    def __init__(self, *, bootstrap_servers: str, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(
+        self,
+        *,
+        bootstrap_servers: str,
+        loop: asyncio.AbstractEventLoop,
+        client_config: Mapping[str, str] | None = None,
+    ) -> None:
         self._loop = loop
         self._config = {
             "bootstrap.servers": bootstrap_servers,
+            **(client_config or {}),
             "enable.idempotence": True,
             "acks": "all",
             "linger.ms": 1,
@@ -242,6 +249,7 @@ class ReplyRouter:
         topics: list[str],
         serde: AvroSerde,
         loop: asyncio.AbstractEventLoop,
+        client_config: Mapping[str, str] | None = None,
     ) -> None:
         self._loop = loop
         self._serde = serde
@@ -250,6 +258,7 @@ class ReplyRouter:
         self._consumer = Consumer(
             {
                 "bootstrap.servers": bootstrap_servers,
+                **(client_config or {}),
                 "group.id": f"sluicegate-bridge-{uuid.uuid4()}",
                 "enable.auto.commit": False,
                 "fetch.wait.max.ms": 50,

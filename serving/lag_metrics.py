@@ -40,7 +40,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from confluent_kafka import ConsumerGroupTopicPartitions, TopicPartition
+from confluent_kafka import Consumer, ConsumerGroupTopicPartitions, TopicPartition
 from confluent_kafka.admin import AdminClient, OffsetSpec
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -173,8 +173,12 @@ class LagCollector:
             log.debug("consumer lag: group %s still unreadable (%r)", group, error)
 
     def _group_lag(self, group: str, deadline: _Deadline) -> list[PartitionLag]:
-        committed = self._committed(group, deadline)
-        topics = sorted({topic for topic, _ in committed} | set(self._declared[group]))
+        reader = getattr(self._admin, "committed_offsets", None)
+        if reader is None:  # an AdminClient alone: committed topics are discovered too
+            committed = self._committed(group, deadline)
+            topics = sorted({topic for topic, _ in committed} | set(self._declared[group]))
+        else:
+            topics = sorted(self._declared[group])
         if not topics:
             return []
         metadata = self._admin.list_topics(timeout=deadline.left()).topics
@@ -186,6 +190,8 @@ class LagCollector:
         ]
         if not partitions:
             return []
+        if reader is not None:
+            committed = reader(group, partitions, deadline.left())
         high = self._offsets(partitions, OffsetSpec.latest(), deadline)
         low = self._offsets(partitions, OffsetSpec.earliest(), deadline)
         lags = []
@@ -267,6 +273,46 @@ class LagCollector:
         ]
 
 
+class ConsumerOffsets:
+    """An AdminClient whose committed offsets are read with a Consumer's OffsetFetch instead.
+
+    `AdminClient.list_consumer_group_offsets` can abort the whole process after a broker
+    restart (librdkafka assertion `eonce->refcnt > 0`, confluentinc/librdkafka#4605; seen in
+    the chaos soak), and a metrics thread must never take its worker down. `committed()` on a
+    consumer that never subscribes does not join the group. Only declared topics are read.
+    """
+
+    def __init__(
+        self, admin: Any, *, bootstrap_servers: str, client_config: Mapping[str, str] | None = None
+    ) -> None:
+        self._admin = admin
+        self._bootstrap = bootstrap_servers
+        self._client_config = dict(client_config or {})
+        self._consumers: dict[str, Consumer] = {}
+
+    def list_topics(self, *args: Any, **kwargs: Any) -> Any:
+        return self._admin.list_topics(*args, **kwargs)
+
+    def list_offsets(self, *args: Any, **kwargs: Any) -> Any:
+        return self._admin.list_offsets(*args, **kwargs)
+
+    def committed_offsets(
+        self, group: str, partitions: list[TopicPartition], timeout_s: float
+    ) -> dict[tuple[str, int], int]:
+        consumer = self._consumers.get(group)
+        if consumer is None:
+            consumer = self._consumers[group] = Consumer(
+                {
+                    "bootstrap.servers": self._bootstrap,
+                    **self._client_config,
+                    "group.id": group,
+                    "enable.auto.commit": False,
+                }
+            )
+        answer = consumer.committed(partitions, timeout=max(timeout_s, 0.1))
+        return {(tp.topic, tp.partition): tp.offset for tp in answer if tp.offset >= 0}
+
+
 def register_lag_metrics(
     registry: CollectorRegistry,
     settings: Settings,
@@ -282,11 +328,15 @@ def register_lag_metrics(
     Each worker reports its own group(s) only, so a scrape of one worker never double-counts
     another's lag and the numbers disappear with the worker that owns them.
     """
-    admin = AdminClient(
-        {
-            "bootstrap.servers": settings.kafka.bootstrap_servers,
-            "client.id": f"{settings.worker.app_id}-lag-metrics",
-        }
+    admin = ConsumerOffsets(
+        AdminClient(
+            {
+                **settings.kafka.client_config(),
+                "client.id": f"{settings.worker.app_id}-lag-metrics",
+            }
+        ),
+        bootstrap_servers=settings.kafka.bootstrap_servers,
+        client_config=settings.kafka.client_config(),
     )
     collector = LagCollector(
         admin, groups, topics=topics, interval_s=interval_s, timeout_s=timeout_s

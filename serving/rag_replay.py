@@ -56,7 +56,7 @@ def read_to_end(
     nothing came for `timeout_s`)."""
     consumer = Consumer(
         {
-            "bootstrap.servers": settings.kafka.bootstrap_servers,
+            **settings.kafka.client_config(),
             "group.id": f"sluicegate-replay-{uuid.uuid4()}",
             "enable.auto.commit": False,
             "enable.partition.eof": False,
@@ -115,7 +115,7 @@ def run_reindex(
     report = ReindexReport(knowledge_base=knowledge_base, collection=collection, source=source)
     started = time.perf_counter()
     documents: set[tuple[str, str]] = set()
-    outputs = Outputs(settings.kafka.bootstrap_servers, serde, settings.topic)
+    outputs = Outputs(settings.kafka.client_config(), serde, settings.topic)
     if source == "chunks":
         report.run_id = run_id or f"reembed-{uuid.uuid4().hex[:12]}"
         stage = EmbedStage(model_for=services.embedding_model, run_id=report.run_id)

@@ -88,7 +88,7 @@ class TraceExportWorker:
         self.stats = ExportStats()
         self._consumer = consumer or Consumer(
             {
-                "bootstrap.servers": settings.kafka.bootstrap_servers,
+                **settings.kafka.client_config(),
                 "group.id": group_id(settings),
                 "client.id": f"otel-{uuid.uuid4().hex[:8]}",
                 "enable.auto.commit": False,

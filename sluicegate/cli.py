@@ -295,7 +295,7 @@ def _publish(settings: Settings, topic: str, key: str, event: Any) -> bool:
 
     producer = Producer(
         {
-            "bootstrap.servers": settings.kafka.bootstrap_servers,
+            **settings.kafka.client_config(),
             "enable.idempotence": True,
             "acks": "all",
             "partitioner": "murmur2_random",
@@ -386,7 +386,7 @@ def cmd_tail(settings: Settings, args: argparse.Namespace) -> int:
     serde = build_serde(settings)
     consumer = Consumer(
         {
-            "bootstrap.servers": settings.kafka.bootstrap_servers,
+            **settings.kafka.client_config(),
             "group.id": f"sluicegate-tail-{uuid.uuid4()}",
             "enable.auto.commit": False,
         }

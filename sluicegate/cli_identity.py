@@ -47,7 +47,7 @@ def publish_records(settings: Settings, records: list[Any]) -> None:
     serde = build_serde(settings)
     producer = Producer(
         {
-            "bootstrap.servers": settings.kafka.bootstrap_servers,
+            **settings.kafka.client_config(),
             "enable.idempotence": True,
             "acks": "all",
         }

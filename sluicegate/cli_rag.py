@@ -137,7 +137,7 @@ def cmd_ingest(settings: Settings, args: argparse.Namespace) -> int:
     serde = build_serde(settings)
     producer = Producer(
         {
-            "bootstrap.servers": settings.kafka.bootstrap_servers,
+            **settings.kafka.client_config(),
             "enable.idempotence": True,
             "acks": "all",
             "linger.ms": 5,

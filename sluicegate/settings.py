@@ -38,6 +38,64 @@ class KafkaSettings(BaseModel):
     topic_prefix: str = "sg."
     default_partitions: int = Field(default=3, ge=1)
     replication_factor: int = Field(default=1, ge=1)
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    sasl_username: str | None = None
+    sasl_password: SecretStr | None = None
+    ssl_ca_file: Path | None = Field(default=None, description="CA bundle to trust (PEM).")
+    ssl_cert_file: Path | None = Field(default=None, description="Client certificate (mTLS).")
+    ssl_key_file: Path | None = Field(default=None, description="Client certificate's key.")
+
+    def client_config(self) -> dict[str, str]:
+        """librdkafka settings for every client: the bootstrap address and the security ones.
+
+        Each confluent-kafka client merges this in (callers add their own keys after it).
+        """
+        config = {"bootstrap.servers": self.bootstrap_servers}
+        if self.security_protocol != "PLAINTEXT":
+            config["security.protocol"] = self.security_protocol
+        if self.security_protocol.startswith("SASL"):
+            if self.sasl_mechanism is None or self.sasl_username is None:
+                raise ValueError("SASL needs kafka.sasl_mechanism and kafka.sasl_username")
+            config["sasl.mechanism"] = self.sasl_mechanism
+            config["sasl.username"] = self.sasl_username
+            if self.sasl_password is not None:
+                config["sasl.password"] = self.sasl_password.get_secret_value()
+        for key, path in (
+            ("ssl.ca.location", self.ssl_ca_file),
+            ("ssl.certificate.location", self.ssl_cert_file),
+            ("ssl.key.location", self.ssl_key_file),
+        ):
+            if path is not None:
+                config[key] = str(path)
+        return config
+
+    def faust_credentials(self) -> Any:
+        """The same for the Faust worker (aiokafka): None on PLAINTEXT."""
+        if self.security_protocol == "PLAINTEXT":
+            return None
+        import ssl
+
+        import faust
+
+        context = None
+        if self.security_protocol.endswith("SSL"):
+            context = ssl.create_default_context(
+                cafile=str(self.ssl_ca_file) if self.ssl_ca_file else None
+            )
+            if self.ssl_cert_file is not None:
+                context.load_cert_chain(
+                    self.ssl_cert_file, self.ssl_key_file if self.ssl_key_file else None
+                )
+        if self.security_protocol.startswith("SASL"):
+            password = self.sasl_password.get_secret_value() if self.sasl_password else ""
+            return faust.SASLCredentials(
+                username=self.sasl_username,
+                password=password,
+                mechanism=self.sasl_mechanism,
+                ssl_context=context,
+            )
+        return faust.SSLCredentials(context)
 
 
 class RegistrySettings(BaseModel):

@@ -181,6 +181,7 @@ def create_app(
     app = faust.App(
         settings.worker.app_id,
         broker=f"kafka://{settings.kafka.bootstrap_servers}",
+        broker_credentials=settings.kafka.faust_credentials(),
         key_serializer="raw",
         value_serializer="raw",
         store="memory://",

@@ -46,6 +46,7 @@ class CatalogueView:
         self._version = settings.catalogue.version
         self._reader = CompactedTopicReader(
             bootstrap_servers=settings.kafka.bootstrap_servers,
+            client_config=settings.kafka.client_config(),
             topic=settings.topic("catalogue"),
             on_record=self.apply,
         )

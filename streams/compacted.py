@@ -17,7 +17,7 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 from confluent_kafka import (
     OFFSET_BEGINNING,
@@ -45,13 +45,19 @@ _NOT_READY_YET = frozenset(
 
 class CompactedTopicReader:
     def __init__(
-        self, *, bootstrap_servers: str, topic: str, on_record: Callable[[bytes], None]
+        self,
+        *,
+        bootstrap_servers: str,
+        topic: str,
+        on_record: Callable[[bytes], None],
+        client_config: Mapping[str, str] | None = None,
     ) -> None:
         self._topic = topic
         self._on_record = on_record
         self._consumer = Consumer(
             {
                 "bootstrap.servers": bootstrap_servers,
+                **(client_config or {}),
                 "group.id": f"sluicegate-view-{uuid.uuid4()}",
                 "enable.auto.commit": False,
                 # A long poll costs no latency (the broker answers as soon as a record

@@ -33,6 +33,7 @@ class HealthView:
         self._snapshots: dict[str, HealthSnapshot] = {}
         self._reader = CompactedTopicReader(
             bootstrap_servers=settings.kafka.bootstrap_servers,
+            client_config=settings.kafka.client_config(),
             topic=settings.topic("health"),
             on_record=self.apply,
         )

@@ -45,6 +45,7 @@ class IdentityView:
         self._serde = serde
         self._reader = CompactedTopicReader(
             bootstrap_servers=settings.kafka.bootstrap_servers,
+            client_config=settings.kafka.client_config(),
             topic=settings.topic("identity"),
             on_record=self.apply,
         )

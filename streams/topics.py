@@ -109,7 +109,7 @@ def faust_changelogs(settings: Settings) -> list[str]:
 
 def ensure_topics(settings: Settings, *, timeout_s: float = 30.0) -> list[str]:
     """Create every missing catalogue topic; return the names created. Safe to call again."""
-    admin = AdminClient({"bootstrap.servers": settings.kafka.bootstrap_servers})
+    admin = AdminClient(settings.kafka.client_config())
     try:
         existing = set(admin.list_topics(timeout=timeout_s).topics)
     except KafkaException as exc:

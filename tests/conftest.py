@@ -280,12 +280,16 @@ def settings(
 
 
 @pytest.fixture(scope="session")
-def topics(settings: Settings) -> list[str]:
+def topics(settings: Settings) -> Iterator[list[str]]:
+    """The run's topics, with the test keys on its identity topic; deleted when the session
+    ends (after every process that used them has stopped)."""
     from sluicegate.streams.topics import ensure_topics
+    from tests.topics_io import drop_topics
 
     created = ensure_topics(settings)
     publish_test_keys(settings)
-    return created
+    yield created
+    drop_topics(settings)
 
 
 def _spawn(command: str, settings: Settings, log: Path) -> subprocess.Popen[bytes]:

@@ -72,3 +72,24 @@ def wait_for_event(
         return isinstance(event, kind) and event.request_id == request_id
 
     return serde.decode(wait_for(settings, topic, match, timeout_s=timeout_s)[1])
+
+
+def drop_topics(settings: Settings) -> None:
+    """Delete the topics of one test run (its prefix, and its Faust changelogs), so runs do not
+    pile partitions (and open files) onto a long-lived local broker."""
+    from confluent_kafka.admin import AdminClient
+
+    admin = AdminClient(settings.kafka.client_config())
+    names = [
+        name
+        for name in admin.list_topics(timeout=10).topics
+        if name.startswith(settings.kafka.topic_prefix)
+        or name.startswith(f"{settings.worker.app_id}-")
+    ]
+    if not names:
+        return
+    for future in admin.delete_topics(names, operation_timeout=30).values():
+        try:
+            future.result(30)
+        except Exception:  # already gone, or the broker is stopping: nothing to keep
+            pass

@@ -21,6 +21,7 @@ from sluicegate.settings import (
 )
 from sluicegate.streams.topics import ensure_topics
 from tests.conftest import CALLER_TOKEN, Workers, _stop, free_port, publish_test_keys, start_bridge
+from tests.topics_io import drop_topics
 
 
 @pytest.fixture(scope="session")
@@ -76,3 +77,4 @@ def featured_client(
         if bridge is not None:
             _stop(bridge)
         workers.stop()
+        drop_topics(featured_settings)

@@ -36,7 +36,7 @@ from tests.conftest import (
     publish_test_keys,
     start_bridge,
 )
-from tests.topics_io import wait_for
+from tests.topics_io import drop_topics, wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration]
 
@@ -101,6 +101,7 @@ def pair(settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterat
             _stop(bridge)
         for w in workers:
             w.stop()
+        drop_topics(own)
 
 
 async def _fire(urls: list[str], token: str, n: int, *, stream: bool) -> list[int | str]:

@@ -193,8 +193,12 @@ async def test_expired_deadline_skips_the_backend() -> None:
         InferenceStage(backends={"local-smollm2": backend}), task(deadline_ms=past)
     )
     assert backend.calls == 0
-    assert emits[0].event.error_class == "timeout"
-    assert emits[-1].event.http_status == 504
+    # Its own class: an outage's backlog expiring must not open a healthy deployment's breaker.
+    assert emits[0].event.error_class == "expired"
+    assert emits[-1].event.http_status == 504 and emits[-1].event.error_type == "timeout"
+    from sluicegate.processors.resilience import counts_against_breaker
+
+    assert not counts_against_breaker("expired") and counts_against_breaker("timeout")
 
 
 async def test_unknown_deployment_is_answered_not_dropped() -> None:

@@ -244,7 +244,10 @@ def test_lag_against_the_real_broker(kafka_bootstrap: str) -> None:
             kafka=KafkaSettings(bootstrap_servers=kafka_bootstrap),
             worker=WorkerSettings(app_id=f"lag-test-{run}"),
         )
-        collector = register_lag_metrics(registry, settings, [group], interval_s=0.2)
+        # Workers declare their topics: committed offsets are read for those (ConsumerOffsets).
+        collector = register_lag_metrics(
+            registry, settings, [group], topics={group: [topic]}, interval_s=0.2
+        )
 
         def lag(partition: int) -> float | None:
             labels = {"group": group, "topic": topic, "partition": str(partition)}

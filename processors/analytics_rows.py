@@ -13,6 +13,8 @@ attempt that has no outcome).
 
 from __future__ import annotations
 
+import hashlib
+import uuid
 from collections.abc import Callable
 from datetime import UTC, date, datetime
 from typing import Any
@@ -283,6 +285,40 @@ MAPPERS: dict[type[Event], tuple[str, Callable[[Any], Row]]] = {
 }
 
 TABLES = tuple(sorted({table for table, _ in MAPPERS.values()}))
+
+
+SINK_SPAN = "sink"
+
+
+def sink_spans(response_rows: list[Row], stored_at: datetime) -> list[Row]:
+    """A `sink` span per answer (ok or rejected) in a batch: from the answer's event to the
+    moment its batch was handed to the store, under the span that produced the answer, so the
+    waterfall shows when a request became queryable.
+
+    Its event_id is derived from the answer's, so a redelivered batch writes the same span row
+    again and ReplacingMergeTree collapses it.
+    """
+    rows = []
+    for answer in response_rows:
+        start = answer["occurred_at"]
+        span = Span(
+            event_id=str(uuid.uuid5(uuid.NAMESPACE_URL, f"sink:{answer['event_id']}")),
+            occurred_at=stored_at,
+            tenant_id=answer["tenant_id"],
+            request_id=answer["request_id"],
+            trace_id=answer["trace_id"],
+            span_id=hashlib.blake2b(answer["event_id"].encode(), digest_size=8).hexdigest(),
+            parent_span_id=answer["span_id"],
+            run_id=answer["run_id"],
+            producer=SINK_SPAN,
+            name=SINK_SPAN,
+            start_ms=start,
+            end_ms=max(stored_at, start),
+            status="ok",
+            attributes={"table": "responses"},
+        )
+        rows.append(span_row(span))
+    return rows
 
 
 def rows_for(event: Event) -> tuple[str, Row] | None:

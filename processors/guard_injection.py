@@ -175,7 +175,10 @@ def _normalize(text: str) -> tuple[str, bool]:
 _LEET = str.maketrans(
     {"0": "o", "1": "i", "3": "e", "4": "a", "5": "s", "7": "t", "@": "a", "$": "s"}
 )
-_LEET_TOKEN = re.compile(r"(?<![a-z0-9@$])(?=[a-z0-9@$]*?[0-9@$])(?=[a-z0-9@$]*?[a-z])[a-z0-9@$]+")
+# A token of up to 20 characters mixing letters with digits or @/$: a word, not an IBAN or a key.
+_LEET_TOKEN = re.compile(
+    r"(?<![a-z0-9@$])(?=[a-z0-9@$]*?[0-9@$])(?=[a-z0-9@$]*?[a-z])[a-z0-9@$]{2,20}(?![a-z0-9@$])"
+)
 _HAS_LEET = re.compile(r"[a-z][0-9@$]|[0-9@$][a-z]")
 # A run of three or more single letters, each followed by one separator ("i g n o r e",
 # "i.g.n.o.r.e"); two spaces or a word end the run, so word breaks survive the joining.
@@ -194,9 +197,18 @@ _ENTITY_RUN = re.compile(r"(?:&#x?[0-9a-f]{1,6};?)+")
 _VIEW_CONTEXT = 240  # characters kept around each changed span: more than any pattern spans
 
 
-def _deleet(text: str) -> str:
-    """Map digits and symbols to letters only inside tokens that already mix both ("pr3v10us")."""
-    return _LEET_TOKEN.sub(lambda m: m.group(0).translate(_LEET), text)
+def _deleet(text: str, changed: list[tuple[int, int]]) -> str:
+    """Map digits and symbols to letters only inside tokens that already mix both ("pr3v10us");
+    the spans of the tokens that changed go to `changed`."""
+
+    def one(m: re.Match[str]) -> str:
+        token = m.group(0)
+        mapped = token.translate(_LEET)
+        if mapped != token:
+            changed.append(m.span())
+        return mapped
+
+    return _LEET_TOKEN.sub(one, text)
 
 
 def _despace(text: str) -> str:
@@ -228,13 +240,10 @@ def _renormalized(text: str) -> str:
 def _views(norm: str, tokens: frozenset[str], raw: str) -> Iterator[tuple[str, str]]:
     """Yield (marker, text) for each obfuscated reading worth matching; each test is cheap."""
     if _HAS_LEET.search(norm):
-        spans = [
-            m.span()
-            for m in _LEET_TOKEN.finditer(norm)
-            if m.group(0).translate(_LEET) != m.group(0)
-        ]
+        spans: list[tuple[int, int]] = []
+        leet = _deleet(norm, spans)  # same length as `norm`: the spans hold for both
         if spans:
-            yield "leetspeak", _deleet(_excerpt(norm, spans))
+            yield "leetspeak", _excerpt(leet, spans)
     if len(tokens & _SPACED_LETTERS) >= 3 and _SPACED_RUN.search(raw):
         spans = [m.span() for m in _SPACED_RUN.finditer(raw)]
         yield "spaced_letters", _renormalized(_despace(_excerpt(raw, spans)))
@@ -259,7 +268,9 @@ class _Signal:
     """One pattern of a signal family, with the triggers that must occur before it runs.
 
     The pattern runs when one of `words` is a whole word of the text or one of `subs` is a
-    substring of it. Every match contains a trigger, so the gate never hides a match.
+    substring of it, and, when given, one of `also` is a word of it too and `needs` a substring.
+    Every match contains its triggers, so the gate never hides a match; `also` and `needs` keep
+    patterns whose first words are common ("send", "after", "call") from running on most text.
     """
 
     name: str
@@ -267,14 +278,26 @@ class _Signal:
     pattern: re.Pattern[str]
     words: frozenset[str] = frozenset()
     subs: tuple[str, ...] = ()
+    also: frozenset[str] = frozenset()
+    needs: str = ""
 
 
-def _sig(name: str, weight: float, gate: str | tuple[str, ...], pattern: str) -> _Signal:
+def _sig(
+    name: str,
+    weight: float,
+    gate: str | tuple[str, ...],
+    pattern: str,
+    *,
+    also: str = "",
+    needs: str = "",
+) -> _Signal:
     """An English signal: a space-separated string of trigger words, or a tuple of substrings."""
     compiled = re.compile(pattern, re.MULTILINE)
+    also_words = frozenset(also.split())
     if isinstance(gate, str):
-        return _Signal(name, weight, compiled, words=frozenset(gate.split()))
-    return _Signal(name, weight, compiled, subs=gate)
+        words = frozenset(gate.split())
+        return _Signal(name, weight, compiled, words=words, also=also_words, needs=needs)
+    return _Signal(name, weight, compiled, subs=gate, also=also_words, needs=needs)
 
 
 _QUAL = (
@@ -551,20 +574,46 @@ _ENGLISH: tuple[_Signal, ...] = (
         r"(?:call|use|run|send|forward|delete|ignore|transfer|open|visit|click|include|reply"
         r"|respond|tell|execute)\b",
     ),
-    _sig(  # "your real task is ...", "before you answer the user, ..."
+    _sig(  # "your real task is ...": a new task from inside the data
         "task_hijack",
         0.35,
-        "your before instead task request instructions following after",
+        "your",
         r"\byour\s+(?:real|actual|true|new|only|primary|updated)\s+(?:task|job|goal|objective"
         r"|mission|purpose|instructions?|directive|orders)\s*(?:is|are|now|:|supersedes?"
-        r"|overrides?|replaces?)\b|\bbefore\s+(?:you\s+)?(?:answer|respond|repl)\w*\s+(?:to\s+)?"
-        r"the\s+user\b|\binstead\s+of\s+(?:summari[sz]ing|translating|answering)\s+(?:this|it"
-        r"|the\s+(?:document|email|page|text))\b"
-        # posing as the user from inside the data: "before you can solve the task I gave you"
-        r"|\b(?:task|request|instructions?)\s+(?:that\s+)?(?:i|the\s+user)\s+(?:gave|assigned"
-        r"|sent)\s+you\b|\bplease\s+do\s+the\s+following\s+first\b"
+        r"|overrides?|replaces?)\b",
+        also="real actual true new only primary updated",
+    ),
+    _sig(  # "before you answer the user, ...": the user in the third person
+        "task_hijack",
+        0.35,
+        "user",
+        r"\bbefore\s+(?:you\s+)?(?:answer|respond|repl)\w*\s+(?:to\s+)?the\s+user\b",
+        also="before",
+    ),
+    _sig(
+        "task_hijack",
+        0.35,
+        "summarizing summarising translating answering",
+        r"\binstead\s+of\s+(?:summari[sz]ing|translating|answering)\s+(?:this|it"
+        r"|the\s+(?:document|email|page|text))\b",
+        also="instead",
+    ),
+    _sig(  # posing as the user from inside the data: "before you can solve the task I gave you"
+        "task_hijack",
+        0.35,
+        "gave assigned sent",
+        r"\b(?:task|request|instructions?)\s+(?:that\s+)?(?:i|the\s+user)\s+(?:gave|assigned"
+        r"|sent)\s+you\b",
+        also="task request instruction instructions",
+    ),
+    _sig(
+        "task_hijack",
+        0.35,
+        "following solve continue complete proceed answer finish",
+        r"\bplease\s+do\s+the\s+following\s+first\b"
         r"|\bafter\s+you\s+(?:do|did|have\s+done)\s+(?:that|this)\s*,\s*you\s+(?:can|may)\s+"
         r"(?:solve|continue|complete|proceed|answer|finish)\b",
+        also="first after",
     ),
     _sig(  # "when you summarize this, also ...": a side order riding on the user's task
         "processing_trigger",
@@ -575,6 +624,7 @@ _ENGLISH: tuple[_Signal, ...] = (
         + r")\s+(?:this|these|the\s+(?:above|following))\b"
         r"[^.\n]{0,60}?\b(?:also|first|instead|additionally|make\s+sure|you\s+must|be\s+sure"
         r"|remember\s+to|always)\b",
+        also="when while before after as",
     ),
     _sig(  # "do not tell the user", "without informing the user"
         "covert_action",
@@ -586,6 +636,7 @@ _ENGLISH: tuple[_Signal, ...] = (
         r"|alerting|warning)\s+the\s+user\b|\b(?:do\s+not|don'?t|never)\s+mention\s+(?:this"
         r"|these)\s+(?:note|instructions?|message|request)\b"
         r"|\bkeep\s+this\s+(?:hidden|secret)\s+from\s+the\s+user\b",
+        also="not don dont never without keep",
     ),
     _sig(  # "SYSTEM NOTE:", "[admin]": authority claimed inside content
         "fake_authority",
@@ -619,18 +670,45 @@ _ENGLISH: tuple[_Signal, ...] = (
         r"\b(?:save|store|write|add|commit|persist)\b[^.\n]{0,40}?\b(?:to|in|into)\s+(?:your\s+)?"
         r"(?:persistent\s+|long-term\s+|permanent\s+)?memory\b",
     ),
-    _sig(  # what a planted order asks an agent to do: money, deletion, access, a door, a script
+    # What a planted order asks an agent to do: money, deletion, access, a door, a script, a login.
+    _sig(
         "agent_action",
         0.25,
-        "transfer wire send delete grant unlock curl log sign enter",
+        "transfer wire send",
         r"\b(?:transfer|wire|send)\s+(?:\$|€|£)?\d[\d,.]*\s*(?:\$|€|£|usd|eur|gbp|dollars|euros)?"
-        r"\s+to\b|\bdelete\s+(?:all|every)\s+(?:of\s+)?(?:the\s+)?(?:\w+\s+)?(?:files|emails"
-        r"|messages|records|data|repositories|repos|backups|documents)\b"
-        r"|\bgrant\s+(?:\w+\s+){0,3}?(?:admin|administrator|full|permanent|root|owner)\s+"
-        r"(?:access|rights|permissions|privileges)\b|\bunlock\s+(?:the\s+)?(?:front\s+|back\s+)?"
-        r"(?:door|lock|gate)\b|\bcurl\s+[^|\n]{1,200}\|\s*(?:sudo\s+)?(?:-\w+\s+)?(?:ba|z)?sh\b"
-        r"|\b(?:log\s+in|sign\s+in|enter\s+(?:their|your)\s+(?:password|credentials))\s+(?:at|on)"
+        r"\s+to\b",
+        also="to",
+    ),
+    _sig(
+        "agent_action",
+        0.25,
+        "files emails messages records data repositories repos backups documents",
+        r"\bdelete\s+(?:all|every)\s+(?:of\s+)?(?:the\s+)?(?:\w+\s+)?(?:files|emails|messages"
+        r"|records|data|repositories|repos|backups|documents)\b",
+        also="delete",
+    ),
+    _sig(
+        "agent_action",
+        0.25,
+        "access rights permissions privileges",
+        r"\bgrant\s+(?:\w+\s+){0,3}?(?:admin|administrator|full|permanent|root|owner)\s+"
+        r"(?:access|rights|permissions|privileges)\b",
+        also="grant",
+    ),
+    _sig(
+        "agent_action",
+        0.25,
+        "unlock curl",
+        r"\bunlock\s+(?:the\s+)?(?:front\s+|back\s+)?(?:door|lock|gate)\b"
+        r"|\bcurl\s+[^|\n]{1,200}\|\s*(?:sudo\s+)?(?:-\w+\s+)?(?:ba|z)?sh\b",
+    ),
+    _sig(
+        "agent_action",
+        0.25,
+        "log sign enter",
+        r"\b(?:log\s+in|sign\s+in|enter\s+(?:their|your)\s+(?:password|credentials))\s+(?:at|on)"
         r"\s+\S+\.\w",
+        also="in password credentials",
     ),
     _sig(  # what a planted order asks the answer to say: ratings, endorsements, false alarms
         "output_manipulation",
@@ -649,6 +727,7 @@ _ENGLISH: tuple[_Signal, ...] = (
         "use call invoke run execute trigger",
         r"\b(?:use|call|invoke|run|execute|trigger)\s+(?:the\s+)?`?[a-z][a-z0-9]*_[a-z0-9_]+`?"
         r"(?:\(\))?(?:\s+(?:tool|function|action))?\s+(?:to|on|with|for|and)\b",
+        needs="_",
     ),
     # --- link-based data exfiltration
     _sig(
@@ -1300,7 +1379,11 @@ def _match_patterns(norm: str, found: dict[str, float]) -> frozenset[str]:
             candidates.update(positions)
     for i in sorted(candidates):
         signal = _SIGNALS[i]
-        if signal.weight > found.get(signal.name, 0.0) and signal.pattern.search(norm):
+        if signal.weight <= found.get(signal.name, 0.0):
+            continue
+        if (signal.also and signal.also.isdisjoint(tokens)) or signal.needs not in norm:
+            continue
+        if signal.pattern.search(norm):
             found[signal.name] = signal.weight
     _match_exfiltration(norm, found)
     return tokens

@@ -26,7 +26,7 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass, field
-from datetime import date, datetime
+from datetime import UTC, date, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -42,7 +42,7 @@ from confluent_kafka import (
 
 from sluicegate.connectors.analytics import AnalyticsSink, ClickHouseAnalytics, open_analytics
 from sluicegate.errors import AnalyticsError
-from sluicegate.processors.analytics_rows import Row, rows_for
+from sluicegate.processors.analytics_rows import Row, rows_for, sink_spans
 from sluicegate.schemas.serde import AvroSerde
 from sluicegate.settings import Settings
 from sluicegate.streams.topics import catalogue
@@ -86,6 +86,7 @@ class Batch:
     size: int = 0
     started: float | None = None
     inserted: set[str] = field(default_factory=set)
+    traced: bool = False  # the answers' `sink` spans are added (once: an insert may be retried)
 
     def add(self, message: Message, row: tuple[str, Row] | None, *, polled_at: float) -> None:
         if self.started is None:
@@ -191,6 +192,10 @@ class AnalyticsSinkWorker:
         batch = self._batch
         if not batch.offsets:
             return
+        if not batch.traced and batch.rows.get("responses"):
+            spans = sink_spans(batch.rows["responses"], datetime.now(UTC))
+            batch.rows.setdefault("spans", []).extend(spans)
+            batch.traced = True
         for table, rows in batch.rows.items():
             if table in batch.inserted:
                 continue

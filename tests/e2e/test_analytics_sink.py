@@ -198,14 +198,17 @@ def test_requests_become_queryable_with_their_responses(
             timeout=60,
         )
         lines = trace.stdout.splitlines()
-        if len(lines) == 5 or time.monotonic() > deadline:
+        if len(lines) == 6 or time.monotonic() > deadline:
             break
         time.sleep(0.2)
     assert trace.returncode == 0, trace.stderr
-    # The input guard (injection flagging is on by default) is a step of admission.
-    assert [line.split()[0] for line in lines[1:]] == ["bridge", "admission", "guard", "inference"]
+    # The input guard (injection flagging is on by default) is a step of admission; the sink
+    # span, under the answer's, runs until the answer was handed to the store.
+    names = [line.split()[0] for line in lines[1:]]
+    assert names == ["bridge", "admission", "guard", "inference", "sink"]
     assert lines[2].startswith("  admission") and lines[3].startswith("    guard")
     assert lines[4].startswith("    inference") and "deployment=fake" in lines[4]
+    assert lines[5].startswith("      sink")
 
 
 def test_chdb_is_locked_while_the_sink_runs(sink: Sink, sink_settings: Settings) -> None:

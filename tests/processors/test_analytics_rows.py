@@ -367,3 +367,32 @@ def test_events_analytics_does_not_store() -> None:
         "audit",
         "drift",
     }
+
+
+def test_each_answer_gets_a_sink_span_that_a_redelivery_writes_identically() -> None:
+    from sluicegate.processors.analytics_rows import sink_spans
+
+    answer = rows_for(
+        ResponseReady(
+            **envelope(),
+            model="m",
+            deployment="d",
+            provider_model="p",
+            message=ChatMessage(role="assistant", content="hi"),
+            finish_reason="stop",
+            usage=TokenUsage(prompt_tokens=1, completion_tokens=1, total_tokens=2),
+            latency_ms=3.0,
+        )
+    )[1]
+    stored = answer["occurred_at"] + timedelta(milliseconds=250)
+    [span] = sink_spans([answer], stored)
+    assert (span["name"], span["parent_span_id"], span["trace_id"]) == (
+        "sink",
+        answer["span_id"],
+        answer["trace_id"],
+    )
+    assert (
+        span["duration_ms"] == pytest.approx(250.0) and span["request_id"] == answer["request_id"]
+    )
+    again = sink_spans([answer], stored + timedelta(seconds=5))[0]
+    assert (again["event_id"], again["span_id"]) == (span["event_id"], span["span_id"])

@@ -120,7 +120,8 @@ async def client() -> AsyncIterator[tuple[TestClient, FakeBridge]]:
     api._services = KnowledgeServices(
         settings.rag, store=seeded(), embedders=[EMBEDDER], tokenizer=RegexTokenizer()
     )
-    app = web.Application(middlewares=[auth_errors])
+    # The bridge's own body limit (for chat requests) does not bound uploads.
+    app = web.Application(middlewares=[auth_errors], client_max_size=1024)
     api.add_routes(app)
     async with TestClient(TestServer(app)) as test_client:
         yield test_client, bridge
@@ -251,3 +252,14 @@ async def test_search_on_an_empty_knowledge_base_is_empty(client) -> None:
     )
     body = await response.json()
     assert response.status == 200 and body["data"] == [] and body["citations"] == []
+
+
+async def test_the_upload_limit_is_its_own_not_the_chat_body_limit(client) -> None:
+    http, _ = client
+    text = b"Rotate the signing key every ninety days. " * 35  # ~1.5 KB > client_max_size
+    response = await http.post(
+        "/v1/knowledge/docs/documents?filename=long.txt",
+        data=text,
+        headers=auth("dev", **{"Content-Type": "text/plain"}),
+    )
+    assert response.status == 202, await response.text()

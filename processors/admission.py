@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable, Mapping, MutableMapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
@@ -123,8 +123,20 @@ class Admission:
         started = now()
         now_ms = self._clock_ms()
         span_id = new_span_id()
+        knowledge_base = None
+        if self._enricher is not None:
+            knowledge_base = self._enricher.knowledge_base(
+                request, self._settings.alias(request.model)
+            )
+            if isinstance(knowledge_base, Refusal):
+                return self._refused(request, started, span_id, knowledge_base)
+        # Retrieved context is not known yet: routing (context windows), limits and budgets
+        # count its whole token budget, so enrichment never pushes a prompt past a window.
+        context_tokens = self._enricher.reserved_tokens if knowledge_base and self._enricher else 0
         try:
             needs = needs_of(request)
+            if context_tokens:
+                needs = replace(needs, prompt_tokens=needs.prompt_tokens + context_tokens)
             route = self._router.route(request.model, needs, self._health(), now_ms)
         except RoutingError as error:
             return self._reject(
@@ -138,19 +150,8 @@ class Admission:
                 retry_after_s=error.retry_after_s,
                 attributes={"skipped": _skipped(error.skipped)} if error.skipped else {},
             )
-        knowledge_base = None
-        if self._enricher is not None:
-            knowledge_base = self._enricher.knowledge_base(
-                request, self._settings.alias(request.model)
-            )
-            if isinstance(knowledge_base, Refusal):
-                return self._refused(request, started, span_id, knowledge_base)
-        # Retrieved context is not known yet: limits and budgets hold its whole token budget.
-        context_tokens = self._enricher.reserved_tokens if knowledge_base and self._enricher else 0
-        tokens_needed = needs.tokens_needed + context_tokens
-        reserve = self._max_cost(
-            route, needs.prompt_tokens + context_tokens, needs.completion_tokens
-        )
+        tokens_needed = needs.tokens_needed
+        reserve = self._max_cost(route, needs.prompt_tokens, needs.completion_tokens)
         limit = self._limiter.check(
             request.tenant_id,
             request.api_key_id,

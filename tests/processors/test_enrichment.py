@@ -407,3 +407,25 @@ def test_retrieval_outcome_never_raises() -> None:
     retrievers.fail = True
     result = outcome.retrieve()
     assert isinstance(result, RetrievalOutcome) and isinstance(result.error, OSError)
+
+
+def test_routing_leaves_room_in_the_context_window_for_the_retrieved_context() -> None:
+    config = Settings(
+        deployments=[
+            Deployment(name="small", backend="openai", provider_model="s", context_window=300),
+            Deployment(
+                name="large", backend="openai", provider_model="l", context_window=8000, priority=1
+            ),
+        ],
+        models=[
+            ModelAlias(name="chat", deployments=["small", "large"]),
+            ModelAlias(name="rag-chat", deployments=["small", "large"], knowledge_base="docs"),
+        ],
+        rag=RagSettings(context_token_budget=400),
+    )
+    gate, directory, _ = admission(config)
+    directory.add("k-dev")
+    assert gate.run(ask("chat"))[0].event.deployment == "small"  # the bare prompt fits
+    enriched = resumed(gate.run(ask()))[0].event
+    # 400 tokens of context would not fit a 300-token window: routed past it.
+    assert enriched.deployment == "large" and enriched.fallbacks == []

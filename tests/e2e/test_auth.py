@@ -121,3 +121,26 @@ def test_admin_api_keys_work_at_once_revocation_too_and_every_call_is_audited(
     assert actions == ["admin.create_key", "admin.revoke_key"]
     assert all(r.hash for r in default)
     assert verify_chain(default)[1] == []
+
+
+def test_hostile_credentials_and_headers_get_4xx_and_the_bridge_stays_up(bridge_url: str) -> None:
+    url = f"{bridge_url}/v1/chat/completions"
+    body = {"model": "gpt-fake", "messages": HELLO}
+    # {"alg":"none","typ":"JWT"}.{"sub":"x","tenant":"default"}. — unsigned
+    unsigned = "eyJhbGciOiJub25lIiwidHlwIjoiSldUIn0.eyJzdWIiOiJ4IiwidGVuYW50IjoiZGVmYXVsdCJ9."
+    for token in (unsigned, "a.b.c", "x" * 5000, "sk-sg-" + "é" * 20):
+        raw = {"Authorization": f"Bearer {token}".encode()}  # latin-1 bytes, as an attacker may
+        answer = httpx.post(url, json=body, headers=raw, timeout=30)
+        assert answer.status_code in (400, 401), (token[:20], answer.status_code)
+    huge = httpx.post(url, json=body, headers={"X-Padding": "x" * 20_000}, timeout=30)
+    assert 400 <= huge.status_code < 500
+    fuzzed = httpx.post(
+        url,
+        content=b"\xff\xfe{not json",
+        headers={**bearer(CALLER_TOKEN), "Content-Type": "application/json"},
+        timeout=30,
+    )
+    assert fuzzed.status_code == 400
+    assert httpx.get(f"{bridge_url}/healthz", timeout=30).status_code == 200
+    client = openai.OpenAI(base_url=f"{bridge_url}/v1", api_key=CALLER_TOKEN, max_retries=0)
+    assert client.chat.completions.create(model="gpt-fake", messages=HELLO).choices

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from sluicegate.processors import guard_injection
+from sluicegate.processors import guard_injection, guard_injection_cues
 from sluicegate.processors.guard_injection import (
     THRESHOLD,
     InjectionVerdict,
@@ -469,17 +469,19 @@ def test_translated_cues_leave_everyday_text_alone(text):
 
 def test_every_language_fills_every_field_the_templates_use():
     used = {
-        f for *_, template in guard_injection._TEMPLATES for f in re.findall(r"\{(\w+)\}", template)
+        f
+        for *_, template in guard_injection_cues.TEMPLATES
+        for f in re.findall(r"\{(\w+)\}", template)
     }
     verb_final = {"verb_final", "reveal_after"}  # German separable and verb-final forms only
-    for lang, table in guard_injection._LANG_CUES.items():
+    for lang, table in guard_injection_cues.LANG_CUES.items():
         missing = used - table.keys()  # a missing field would silently drop a template
         assert missing == (set() if lang == "de" else verb_final), lang
         assert table.keys() <= used | {"send", "sensitive"}, lang  # and none is unused
 
 
 def test_language_phrases_are_written_normalized():
-    for lang, table in guard_injection._LANG_CUES.items():
+    for lang, table in guard_injection_cues.LANG_CUES.items():
         for field, phrases in table.items():
             for phrase in phrases.split("|"):
                 # A phrase with an accent or a capital could never match the normalized text.

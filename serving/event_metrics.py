@@ -83,6 +83,7 @@ TTFT_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.2, 0.35, 0.5, 0.75, 1, 1.5, 2.5, 5, 10
 BREAKER_STATE = {"closed": 0.0, "half_open": 1.0, "open": 2.0}
 
 ADMISSION_SPAN = "admission"
+GUARD_SPANS = {"guard": "input", "output_guard": "output"}  # span name → guardrail stage
 RESPONSES_TOPIC = "responses"
 
 
@@ -220,6 +221,12 @@ class EventMetrics:
             "Budget thresholds crossed.",
             ["subject_kind", "threshold", "period", *tenant],
         )
+        self.guardrail_decisions = counter(
+            "sluicegate_guardrail_decisions",
+            "Guardrail decisions by stage (input, output), action and the policy rule that "
+            "decided (`default` when none did), from the guard spans.",
+            ["stage", "action", "rule"],
+        )
         self.drift = counter(
             "sluicegate_drift_detected",
             "Drift findings: a window moved from its reference (psi, ks, centroid) or one "
@@ -270,6 +277,15 @@ class EventMetrics:
     def _span(self, emit: Emit, span: Span) -> None:
         seconds = (span.end_ms - span.start_ms).total_seconds()
         self.stage_duration.child(span.name, span.status).observe(max(seconds, 0.0))
+        stage = GUARD_SPANS.get(span.name)
+        if stage is not None:
+            attributes = span.attributes
+            self.guardrail_decisions.child(
+                stage,
+                attributes.get("policy_action", "allow"),
+                attributes.get("policy_rule", "default"),
+            ).inc()
+            return
         if span.name != ADMISSION_SPAN:
             return
         attributes = span.attributes

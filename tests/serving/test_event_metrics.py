@@ -385,3 +385,14 @@ def test_the_server_answers_metrics_over_http() -> None:
         assert 'sluicegate_deployment_breaker_state{deployment="a"} 2.0' in body
     finally:
         server.close()
+
+
+def test_guard_spans_count_decisions_by_stage_action_and_rule() -> None:
+    metrics = EventMetrics()
+    decided = {"policy_rule": "settings.pii", "policy_action": "mask", "pii": "email:1"}
+    for name, attributes in (("guard", decided), ("guard", {}), ("output_guard", decided)):
+        metrics.observe(Emit("traces", "t", span(name, ms=0.2, **attributes)))
+    name = "sluicegate_guardrail_decisions_total"
+    assert value(metrics, name, stage="input", action="mask", rule="settings.pii") == 1
+    assert value(metrics, name, stage="input", action="allow", rule="default") == 1
+    assert value(metrics, name, stage="output", action="mask", rule="settings.pii") == 1

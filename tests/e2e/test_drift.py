@@ -277,6 +277,7 @@ def test_a_restarted_worker_judges_against_the_reference_it_saved(
     assert {(_ms(f.window_start_ms), _ms(f.reference_start_ms)) for f in found} == {
         (start + WINDOW_MS, start)
     }
-    # Window 1 holds the record that opened it before the restart (twice if it was redelivered:
-    # at-least-once) and the ones after.
-    assert all(f.current_count >= PER_WINDOW + 1 for f in found), found
+    # Window 1 holds the records produced after the restart, and the record that opened it
+    # before the restart when the open window was saved or the record redelivered (an open
+    # window's samples since the last save may be lost: docs/architecture.md, drift).
+    assert all(f.current_count >= PER_WINDOW for f in found), found

@@ -167,7 +167,16 @@ def test_a_tenant_budget_stops_concurrent_streams_within_one_request(pair: Pair)
     largest = max(c.usd for c in costs)
     assert all(c.usd > 0 and c.reserved_usd >= c.usd for c in costs)
     assert spent <= BUDGET_USD + largest, (spent, BUDGET_USD, largest, answered)
-    # Once everything is costed and released, admission goes by what was really spent.
-    time.sleep(1.0)
-    later = asyncio.run(_fire(pair.urls, BUDGETED.token, 1, stream=True))
-    assert (later == ["429:budget_exceeded"]) == (spent >= BUDGET_USD), (later, spent)
+    # Once everything is costed and its hold released, admission goes by what was spent:
+    # refused for good at the budget, admitted again below it (when the spend agent has
+    # released the holds, within moments).
+    deadline = time.monotonic() + 15
+    while True:
+        later = asyncio.run(_fire(pair.urls, BUDGETED.token, 1, stream=True))
+        if spent >= BUDGET_USD:
+            assert later == ["429:budget_exceeded"], (later, spent)
+            break
+        if later == [200]:
+            break
+        assert time.monotonic() < deadline, (later, spent)
+        time.sleep(0.5)

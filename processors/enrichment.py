@@ -39,7 +39,7 @@ from typing import Any, Protocol
 
 from sluicegate.connectors.vector_store import COLLECTION_NAME, Caller, CollectionNotFoundError
 from sluicegate.processors.authz import KB_READ, Authorizer, Resource
-from sluicegate.processors.envelope import Emit, child_envelope, new_span_id, now
+from sluicegate.processors.envelope import Emit, child_envelope, new_span_id, now, span_emit
 from sluicegate.processors.identity import ACTIVE, Principal, key_principal
 from sluicegate.processors.retrieval import Citation as RetrievedCitation
 from sluicegate.processors.retrieval import RetrievalResult, Retriever
@@ -52,7 +52,6 @@ from sluicegate.schemas.models import (
     RequestEnriched,
     RequestReceived,
     ResponseReady,
-    Span,
     TenantRecord,
     TokenChunk,
 )
@@ -388,15 +387,9 @@ class Enricher:
     ) -> Emit:
         envelope = child_envelope(request, producer=PRODUCER, span_id=span_id)
         envelope["parent_span_id"] = admission_span_id
-        span = Span(
-            **envelope,
-            name="enrich",
-            start_ms=started,
-            end_ms=now(),
-            status=status,
-            attributes=attributes,
+        return span_emit(
+            envelope, name="enrich", started=started, status=status, attributes=attributes
         )
-        return Emit("traces", request.trace_id, span)
 
     @staticmethod
     def _enriched(

@@ -93,14 +93,11 @@ class Finisher:
             role="assistant", content=completion.text, tool_calls_json=completion.tool_calls_json
         )
         guarded: tuple[OutputDecision, datetime] | None = None
-        guard = self._output_guard
-        context = OutputContext.of(task) if guard is not None else None
-        if guard is not None and context is not None and guard.applies_to(context):
-            guard_started = now()
-            decision = guard.check(message, context, finish_reason=completion.finish_reason)
-            # What the log keeps is what the caller may see: the masked answer, never the raw.
-            message = decision.message
-            guarded = (decision, guard_started)
+        if self._output_guard is not None:
+            guarded = self._guarded(self._output_guard, task, message, completion.finish_reason)
+            if guarded is not None:
+                # What the log keeps is what the caller may see: the masked answer, never the raw.
+                message = guarded[0].message
         usage = TokenUsage(
             prompt_tokens=completion.prompt_tokens,
             completion_tokens=completion.completion_tokens,
@@ -164,6 +161,17 @@ class Finisher:
         if task.cache_key is not None and cacheable:
             emits.append(self._cache_fill(task, response, deployment))
         return emits
+
+    @staticmethod
+    def _guarded(
+        guard: OutputGuard, task: InferenceTask, message: ChatMessage, finish_reason: str | None
+    ) -> tuple[OutputDecision, datetime] | None:
+        """The output guard's decision and when it started; None when nothing applies."""
+        context = OutputContext.of(task)
+        if not guard.applies_to(context):
+            return None
+        started = now()
+        return guard.check(message, context, finish_reason=finish_reason), started
 
     @staticmethod
     def _guard_span(result: InferenceResult, decision: OutputDecision, started: datetime) -> Emit:

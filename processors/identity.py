@@ -313,10 +313,11 @@ def new_key(
     allowed_models: Iterable[str] = (),
     limits: IdentityLimits | None = None,
     expires_at_ms: int | None = None,
+    issued: IssuedKey | None = None,
 ) -> tuple[ApiKeyRecord, IssuedKey]:
-    """A new active key for `tenant_id`; show `issued.token` to its owner once, publish the
-    record (only the secret's hash is in it)."""
-    issued = issue_key(settings.key_prefix)
+    """A new active key for `tenant_id` (`issued`, or a fresh one); show `issued.token` to its
+    owner once, publish the record (only the secret's hash is in it)."""
+    issued = issued or issue_key(settings.key_prefix)
     record = ApiKeyRecord(
         **identity_envelope(tenant_id, producer=producer),
         key_id=issued.key_id,

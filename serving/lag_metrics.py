@@ -132,6 +132,9 @@ class LagCollector:
         if self._thread is not None:
             wait = timeout_s if timeout_s is not None else self.timeout_s * len(self.groups) + 1
             self._thread.join(wait)
+        closing = getattr(self._admin, "close", None)
+        if closing is not None and (self._thread is None or not self._thread.is_alive()):
+            closing()
 
     def _run(self) -> None:
         while not self._stop.is_set():
@@ -311,6 +314,12 @@ class ConsumerOffsets:
             )
         answer = consumer.committed(partitions, timeout=max(timeout_s, 0.1))
         return {(tp.topic, tp.partition): tp.offset for tp in answer if tp.offset >= 0}
+
+    def close(self) -> None:
+        """Close the offset readers (the collector's thread has stopped)."""
+        for consumer in self._consumers.values():
+            consumer.close()
+        self._consumers.clear()
 
 
 def register_lag_metrics(

@@ -288,23 +288,15 @@ def cmd_topics(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _publish(settings: Settings, topic: str, key: str, event: Any) -> bool:
-    """One event, journaled like the bridge does (idempotent, acks=all, murmur2 partitioning)."""
-    from confluent_kafka import Producer
+    """One event, journaled like the bridge does; False when it was not acknowledged."""
+    from sluicegate.cli_kafka import publish_events
+    from sluicegate.errors import BrokerError
 
-    from sluicegate.connectors.schema_registry import build_serde
-
-    producer = Producer(
-        {
-            **settings.kafka.client_config(),
-            "enable.idempotence": True,
-            "acks": "all",
-            "partitioner": "murmur2_random",
-        }
-    )
-    producer.produce(
-        settings.topic(topic), key=key.encode(), value=build_serde(settings).encode(event)
-    )
-    return producer.flush(30) == 0
+    try:
+        publish_events(settings, topic, [(key, event)])
+    except BrokerError:
+        return False
+    return True
 
 
 def cmd_catalogue(settings: Settings, args: argparse.Namespace) -> int:

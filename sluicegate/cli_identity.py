@@ -37,34 +37,11 @@ def _registry(settings: Settings) -> Any:
 
 
 def publish_records(settings: Settings, records: list[Any]) -> None:
-    """Append identity records in order (idempotent producer, acks=all); raise if any fails."""
-    from confluent_kafka import Producer
-
-    from sluicegate.connectors.schema_registry import build_serde
-    from sluicegate.errors import BrokerError
+    """Append identity records in order (keyed by `record_key`); raise if any fails."""
+    from sluicegate.cli_kafka import publish_events
     from sluicegate.processors.identity import record_key
 
-    serde = build_serde(settings)
-    producer = Producer(
-        {
-            **settings.kafka.client_config(),
-            "enable.idempotence": True,
-            "acks": "all",
-        }
-    )
-    failures: list[str] = []
-
-    def delivered(error: Any, _message: Any) -> None:
-        if error is not None:
-            failures.append(str(error))
-
-    topic = settings.topic("identity")
-    for record in records:
-        producer.produce(
-            topic, key=record_key(record), value=serde.encode(record), on_delivery=delivered
-        )
-    if producer.flush(30) != 0 or failures:
-        raise BrokerError(f"identity records not written: {failures or 'flush timed out'}")
+    publish_events(settings, "identity", [(record_key(r), r) for r in records])
 
 
 def key_records(
@@ -81,31 +58,28 @@ def key_records(
     """The records that make an issued `token` a key of `tenant_id` (and the tenant, when the
     registry does not know it): only the hash of its secret goes in."""
     from sluicegate.connectors.key_hashing import Argon2SecretHasher
-    from sluicegate.processors.identity import ACTIVE, identity_envelope, new_tenant, parse_key
-    from sluicegate.schemas.models import ApiKeyRecord, IdentityLimits
+    from sluicegate.processors.identity import IssuedKey, new_key, new_tenant, parse_key
+    from sluicegate.schemas.models import IdentityLimits
 
     parsed = parse_key(token, settings.auth.key_prefix)
     if parsed is None:
         raise ValueError(f"not a key of the form {settings.auth.key_prefix}<key_id>_<secret>")
-    key_id, secret = parsed
     records: list[Any] = []
     if registry is None or registry.tenant(tenant_id) is None:
         records.append(new_tenant(tenant_id, producer=PRODUCER))
-    records.append(
-        ApiKeyRecord(
-            **identity_envelope(tenant_id, producer=PRODUCER),
-            key_id=key_id,
-            name=name,
-            secret_hash=Argon2SecretHasher.from_settings(settings.auth).hash(secret),
-            roles=list(dict.fromkeys(roles or ["developer"])),
-            allowed_models=list(models or []),
-            limits=IdentityLimits(**limits) if limits else None,
-            status=ACTIVE,
-            created_at_ms=_now_ms(),
-            revision=1,
-        )
+    key, _ = new_key(
+        settings=settings.auth,
+        hasher=Argon2SecretHasher.from_settings(settings.auth),
+        tenant_id=tenant_id,
+        now_ms=_now_ms(),
+        producer=PRODUCER,
+        name=name,
+        roles=roles or ["developer"],
+        allowed_models=models or [],
+        limits=IdentityLimits(**limits) if limits else None,
+        issued=IssuedKey(key_id=parsed[0], secret=parsed[1], token=token),
     )
-    return records
+    return [*records, key]
 
 
 def mint_key(

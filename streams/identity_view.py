@@ -12,7 +12,7 @@ import logging
 
 from sluicegate.connectors.jwt_verifier import JwtVerifier
 from sluicegate.connectors.key_hashing import Argon2SecretHasher
-from sluicegate.processors.identity import IdentityRecord, IdentityRegistry, record_key
+from sluicegate.processors.identity import IdentityRegistry
 from sluicegate.schemas.models import ApiKeyRecord, PolicyRecord, TenantRecord
 from sluicegate.schemas.serde import AvroSerde
 from sluicegate.settings import Settings
@@ -66,8 +66,3 @@ class IdentityView:
             log.warning("identity: %s is not an identity record", type(record).__name__)
             return
         self.registry.apply(record)
-
-
-def identity_records(records: list[IdentityRecord]) -> list[tuple[str, IdentityRecord]]:
-    """(Kafka key, record) pairs in publishing order."""
-    return [(record_key(r), r) for r in records]

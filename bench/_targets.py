@@ -41,6 +41,7 @@ class Target:
     version: str | None = None
     cleanup: list[Callable[[], None]] = field(default_factory=list)
     headers: dict[str, str] = field(default_factory=dict)  # what a caller must send (its key)
+    settings: Any = None  # sluicegate's: the run's Settings (topics, prefix)
 
     def roles(self) -> dict[str, list[int]]:
         """Pids per role; `worker2`, `worker3`... count as `worker`."""
@@ -161,6 +162,7 @@ def start_sluicegate(
         {},
         extra_pids={"kafka": broker_pid()},
         headers={"Authorization": f"Bearer {register_bench_key(settings)}"},
+        settings=settings,
     )
     target.cleanup.append(lambda: shutil.rmtree(data_dir, ignore_errors=True))
     target.cleanup.append(lambda: _delete_kafka_state(settings))

@@ -1,11 +1,20 @@
 """Admission: the one in-process stage between the journal and inference.
 
-It runs route → limits → guard → enrich → cache on the tenant's partition with no repartition,
+It runs prompt → route → limits → guard → enrich → cache on the tenant's partition with no
+repartition,
 so the hot path has a single Kafka hop between the bridge's journal write and the inference
 worker. Every decision is still an event (RequestAdmitted / RequestRejected, a Span with the
 routing reason) for the side topics. Enrichment (a request that names a knowledge base,
 processors/enrichment.py) and the semantic cache's embedding pause admission for blocking work
 (`AwaitingRetrieval`, `AwaitingEmbedding`) that the agent runs off its event loop.
+
+A request that names a registered prompt (`extra_body.sluicegate.prompt`,
+processors/prompting.py) is rendered first, so every later check sees what the model will.
+
+Replays, backtests and eval runs (a `run_id`) go through the same stages with their side effects
+scoped to the run: they are not counted against the live rate limits or budgets (nothing is
+charged, nothing held, so spend has nothing to settle), and they neither read nor fill the live
+response cache (a backtest measures the model, not the cache).
 
 State (rate-limit counters, budgets, cache entries) sits in mappings the caller provides: the
 Faust agent passes its changelog-backed tables, so a restarted worker resumes with the same
@@ -44,6 +53,7 @@ from sluicegate.processors.envelope import (
 from sluicegate.processors.guard import Guard
 from sluicegate.processors.health import HealthSnapshot
 from sluicegate.processors.limits import LimitDecision, Limiter, RuleOverrides
+from sluicegate.processors.prompting import PromptRequestError, PromptStage
 from sluicegate.processors.routing import RouteDecision, Router, RoutingError, needs_of
 from sluicegate.schemas.models import (
     CostEntry,
@@ -68,6 +78,7 @@ class AwaitingEmbedding:
 
 
 NO_HEALTH: Mapping[str, HealthSnapshot] = {}
+RUN_SCOPED = LimitDecision(allowed=True)  # a run's requests are not counted on live limits
 _LIMIT_ERROR_TYPE = {"budget_exceeded": "insufficient_quota"}
 
 
@@ -86,8 +97,10 @@ class Admission:
         defer_embedding: bool = False,
         limit_overrides: RuleOverrides | None = None,
         enricher: Enricher | None = None,
+        prompts: PromptStage | None = None,
     ) -> None:
         self._settings = settings
+        self._prompts = prompts
         self._cache = cache
         self._enricher = enricher  # RAG: requests that name a knowledge base get context
         self._defer_embedding = defer_embedding
@@ -123,6 +136,27 @@ class Admission:
         started = now()
         now_ms = self._clock_ms()
         span_id = new_span_id()
+        prompt_ref: str | None = None
+        prompted_attributes: dict[str, str] = {}
+        if self._prompts is not None:
+            try:
+                prompted = self._prompts.run(request)
+            except PromptRequestError as error:
+                return self._reject(
+                    request,
+                    started,
+                    span_id,
+                    code=error.code,
+                    error_type="invalid_request_error",
+                    message=error.message,
+                    http_status=error.http_status,
+                    retry_after_s=None,
+                    attributes={},
+                )
+            if prompted is not None:
+                request, prompt_ref = prompted.request, prompted.prompt_ref
+                prompted_attributes = prompted.attributes
+        live = request.run_id is None
         knowledge_base = None
         if self._enricher is not None:
             knowledge_base = self._enricher.knowledge_base(
@@ -151,26 +185,30 @@ class Admission:
                 attributes={"skipped": _skipped(error.skipped)} if error.skipped else {},
             )
         tokens_needed = needs.tokens_needed
-        reserve = self._max_cost(route, needs.prompt_tokens, needs.completion_tokens)
-        limit = self._limiter.check(
-            request.tenant_id,
-            request.api_key_id,
-            request.user,
-            tokens_needed,
-            now_ms,
-            reserve_usd=reserve,
-        )
-        if not limit.allowed:
-            return self._limited(request, started, span_id, limit)
-        guarded: dict[str, str] = {}
+        reserve = 0.0
+        limit = RUN_SCOPED
+        if live:
+            reserve = self._max_cost(route, needs.prompt_tokens, needs.completion_tokens)
+            limit = self._limiter.check(
+                request.tenant_id,
+                request.api_key_id,
+                request.user,
+                tokens_needed,
+                now_ms,
+                reserve_usd=reserve,
+            )
+            if not limit.allowed:
+                return self._limited(request, started, span_id, limit)
+        guarded: dict[str, str] = dict(prompted_attributes)
         extras: list[Emit] = []  # the guard's and cache's spans, the guard's audit fact
         if self._guard.active:
             guard_started = now()
             outcome = self._guard.check(request)
-            guarded = outcome.attributes
+            guarded |= outcome.attributes
             status = "ok" if outcome.rejection is None else "error"
-            extras.append(_stage_span(request, span_id, "guard", guard_started, status, guarded))
-            fact = guard_fact(request, guarded, stage="input", producer=PRODUCER)
+            span = _stage_span(request, span_id, "guard", guard_started, status, outcome.attributes)
+            extras.append(span)
+            fact = guard_fact(request, outcome.attributes, stage="input", producer=PRODUCER)
             if fact is not None:
                 extras.append(fact)
             if outcome.rejection is not None:
@@ -193,9 +231,9 @@ class Admission:
 
         def proceed(request: RequestReceived) -> list[Emit] | AwaitingEmbedding:
             """The cache, then the inference task: on the request as the model will see it."""
-            cache = self._cache
+            cache = self._cache if live else None
             cache_started = now()
-            key = cache.key(request) if cache is not None else None
+            key = cache.key(request, prompt_ref or "") if cache is not None else None
 
             def looked_up(hit: CacheHit | None) -> None:
                 outcome = {"result": f"hit:{hit.tier}" if hit is not None else "miss"}
@@ -230,6 +268,7 @@ class Admission:
                         limit,
                         key,
                         guarded,
+                        prompt_ref,
                     ),
                 )
 
@@ -336,6 +375,7 @@ class Admission:
         limit: LimitDecision,
         cache_key: CacheKey | None,
         guarded: dict[str, str],
+        prompt_ref: str | None = None,
     ) -> list[Emit]:
         deployment = self._settings.deployment(route.deployment)
         task = InferenceTask(
@@ -358,11 +398,13 @@ class Admission:
             user=request.user,
             feature=request.metadata.get("feature"),
             cache_key=json.dumps(cache_key.to_dict()) if cache_key is not None else None,
+            prompt_ref=prompt_ref,
         )
         admitted = RequestAdmitted(
             **sibling_envelope(task, producer=PRODUCER),
             model=request.model,
             checks=self._checks,
+            prompt_ref=prompt_ref,
         )
         attributes = {
             **guarded,

@@ -75,6 +75,7 @@ def response_row(event: ResponseReady) -> Row:
         "latency_ms": event.latency_ms,
         "cache_hit": event.cache_hit,
         "usd_saved": event.usd_saved,
+        "prompt_ref": event.prompt_ref,
         "stage": "",
         "error_type": "",
         "error_code": None,
@@ -98,6 +99,7 @@ def rejection_row(event: RequestRejected) -> Row:
         "latency_ms": None,
         "cache_hit": False,
         "usd_saved": 0.0,
+        "prompt_ref": None,
         "stage": event.stage,
         "error_type": event.error_type,
         "error_code": event.code,
@@ -171,6 +173,7 @@ def cost_row(event: CostEntry) -> Row:
         "cache_hit": event.cache_hit,
         "usd_saved": event.usd_saved,
         "latency_ms": event.latency_ms,
+        "prompt_ref": event.prompt_ref,
     }
 
 
@@ -224,6 +227,14 @@ def eval_result_row(event: EvalCaseResult) -> Row:
         "score": event.score,
         "passed": event.passed,
         "detail": event.detail,
+        "output": event.output,
+        "model": event.model,
+        "prompt_ref": event.prompt_ref,
+        "latency_ms": event.latency_ms,
+        "cost_usd": event.cost_usd,
+        "judge_usd": event.judge_usd,
+        "subject_request_id": event.subject_request_id,
+        "original_request_id": event.original_request_id,
     }
 
 
@@ -233,6 +244,13 @@ def eval_run_row(event: EvalRunCompleted) -> Row:
         "dataset": event.dataset,
         "cases": event.cases,
         "scores": dict(event.scores),
+        "baseline_run_id": event.baseline_run_id,
+        "model": event.model,
+        "prompt_ref": event.prompt_ref,
+        "pass_rates": dict(event.pass_rates),
+        "cost_usd": event.cost_usd,
+        "judge_usd": event.judge_usd,
+        "failed": event.failed,
     }
 
 

@@ -40,5 +40,6 @@ def cost_entry(result: InferenceResult, *, task: InferenceTask, deployment: Depl
         pricing_version=deployment.pricing_version,
         latency_ms=round(result.latency_ms),
         reserved_usd=task.reserved_usd,
+        prompt_ref=task.prompt_ref,
     )
     return Emit("cost", result.tenant_id, entry)

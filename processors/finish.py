@@ -124,6 +124,7 @@ class Finisher:
             usage=usage,
             latency_ms=latency_ms,
             citations_json=task.citations_json,  # the sources admission retrieved (RAG)
+            prompt_ref=task.prompt_ref,
         )
         attributes = {
             "deployment": task.deployment,

@@ -43,7 +43,11 @@ OVERRIDE_KEY: Final = "sluicegate"
 # The `sluicegate` object carries every stage's per-request options; routing reads two of them
 # and must not refuse the others (`cache`: the response cache's opt-in/opt-out;
 # `knowledge_base`: enrichment's, processors/enrichment.py).
-_OVERRIDE_FIELDS: Final = frozenset({"deployment", "strategy", "cache", "knowledge_base"})
+# Every stage's per-request options (routing validates the whole object once): prompt and
+# variables are processors/prompting.py's.
+_OVERRIDE_FIELDS: Final = frozenset(
+    {"deployment", "strategy", "cache", "knowledge_base", "prompt", "variables"}
+)
 _JSON_MODES: Final = frozenset({"json_object", "json_schema"})
 
 # Capability bits: a deployment is capable when (needs & ~caps) == 0.

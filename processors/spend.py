@@ -3,6 +3,10 @@
 It runs on sg.cost, which is keyed by tenant like sg.requests and has as many partitions, so it
 shares the admission stage's limits table: the budget a request is checked against is the one
 this stage charges (the hard stop lands within one request of the limit).
+
+The cost of a replay, backtest or eval run (a `run_id`) is not live spend: admission held
+nothing for it, and it is charged to no budget and raises no alert. It stays on sg.cost, so
+analytics shows what the run cost.
 """
 
 from __future__ import annotations
@@ -25,6 +29,8 @@ class Spend:
         self._clock_ms = clock_ms
 
     def run(self, entry: CostEntry) -> list[Emit]:
+        if entry.run_id is not None:
+            return []
         if entry.admitted_at_ms and not entry.cache_hit:
             self._limiter.settle(
                 entry.tenant_id,

@@ -174,6 +174,7 @@ class CostEntry(Event):
     admitted_at_ms: int = Field(default=0, description="Epoch millis of the admission decision: where the rate limiter charged the estimate.")
     latency_ms: int | None = Field(default=None, description="End-to-end model latency of the answered attempt (null for cache hits); drift and anomaly detection read it here, keyed by tenant.")
     reserved_usd: float = Field(default=0.0, description="What admission held against the request's budgets (its maximum cost); spend releases it when the request is costed.")
+    prompt_ref: str | None = Field(default=None, description="The registered prompt the request was rendered from, as name@version (null: none); analytics and leaderboards group by it.")
 
 
 class DeadLetter(Event):
@@ -261,6 +262,14 @@ class EvalCaseResult(Event):
     score: float = Field(description="Score.")
     passed: bool = Field(description="Whether it passed the threshold.")
     detail: str | None = Field(default=None, description="Why.")
+    output: str | None = Field(default=None, description="The answer that was scored.")
+    model: str | None = Field(default=None, description="Model alias the case ran on.")
+    prompt_ref: str | None = Field(default=None, description="The registered prompt the request was rendered from, as name@version (null: none); analytics and leaderboards group by it.")
+    latency_ms: float | None = Field(default=None, description="Backend latency of the answer.")
+    cost_usd: float = Field(default=0.0, description="What the answer under test cost.")
+    judge_usd: float = Field(default=0.0, description="What the LLM judge cost to score it (kept apart from cost_usd).")
+    subject_request_id: str | None = Field(default=None, description="The request that produced the scored answer (for replays: the replayed request; original_request_id names the recorded one).")
+    original_request_id: str | None = Field(default=None, description="For replay scorecards: the recorded request the case was replayed from.")
 
 
 class EvalRunCompleted(Event):
@@ -270,6 +279,13 @@ class EvalRunCompleted(Event):
     dataset: str = Field(description="Dataset or replay slice.")
     cases: int = Field(description="Case count.")
     scores: dict[str, float] = Field(default_factory=dict, description="Mean score per metric.")
+    baseline_run_id: str | None = Field(default=None, description="The run this one is compared with (null: none).")
+    model: str | None = Field(default=None, description="Model alias override of the run (null: as recorded).")
+    prompt_ref: str | None = Field(default=None, description="The registered prompt the request was rendered from, as name@version (null: none); analytics and leaderboards group by it.")
+    pass_rates: dict[str, float] = Field(default_factory=dict, description="Share of passed cases per metric.")
+    cost_usd: float = Field(default=0.0, description="What the run's answers cost.")
+    judge_usd: float = Field(default=0.0, description="What the judge cost.")
+    failed: int = Field(default=0, description="Cases with no answer (error, timeout).")
 
 
 class InferenceFailed(Event):
@@ -361,6 +377,7 @@ class InferenceTask(Event):
     admitted_at_ms: int = Field(default=0, description="Epoch millis of the admission decision: where the rate limiter charged the estimate.")
     reserved_usd: float = Field(default=0.0, description="What admission held against the request's budgets (its maximum cost); spend releases it when the request is costed.")
     citations_json: str | None = Field(default=None, description="Numbered sources of the retrieved context (RAG) as a JSON array, returned to the caller as `sluicegate.citations`; null when no knowledge base was searched.")
+    prompt_ref: str | None = Field(default=None, description="The registered prompt the request was rendered from, as name@version (null: none); analytics and leaderboards group by it.")
 
 
 class PolicyRecord(Event):
@@ -389,6 +406,15 @@ class PromptVersionPublished(Event):
     template: str = Field(description="Template text.")
     model: str | None = Field(default=None, description="Default model alias.")
     labels: list[str] = Field(default_factory=list, description="Labels such as production or staging.")
+    semver: str = Field(default='', description="Semantic version of this version (major.minor.patch), bumped on every change by the size of the change.")
+    kind: str = Field(default='template', description="template (one user message), system (a system prompt) or chat (a composition of role messages, possibly including other prompts).")
+    messages_json: str | None = Field(default=None, description="For kind=chat: the composition as a JSON array of {role, template} or {include: name@ref}.")
+    variables_json: str | None = Field(default=None, description="Declared variables as a JSON object: name -> {type, required, default, description}; validated before rendering.")
+    few_shot_json: str | None = Field(default=None, description="Few-shot examples and their selection (JSON: {examples, k, select: similarity|first}).")
+    reasoning_json: str | None = Field(default=None, description="Chain-of-thought builder configuration (JSON: {style, ...}); null: none.")
+    author: str | None = Field(default=None, description="Who published this version.")
+    change_note: str | None = Field(default=None, description="Why this version exists (the commit message of a prompt).")
+    labels_moved_at: int = Field(default=0, description="Epoch millis at which `labels` were assigned to this version; the newest assignment of a label wins across versions (a rollback republishes an old version with a newer stamp).")
 
 
 class RequestAdmitted(Event):
@@ -397,6 +423,7 @@ class RequestAdmitted(Event):
     AVRO_NAME: ClassVar[str] = "io.sluicegate.events.RequestAdmitted"
     model: str = Field(description="The alias admitted.")
     checks: list[str] = Field(default_factory=list, description="Names of the checks that ran and passed.")
+    prompt_ref: str | None = Field(default=None, description="The registered prompt the request was rendered from, as name@version (null: none); analytics and leaderboards group by it.")
 
 
 class CitationSpan(AvroRecord):
@@ -476,6 +503,7 @@ class ResponseReady(Event):
     cache_hit: bool = Field(default=False, description="Answered from the cache.")
     usd_saved: float = Field(default=0.0, description="Cost avoided by a cache hit.")
     citations_json: str | None = Field(default=None, description="Numbered sources of the retrieved context (RAG) as a JSON array, returned to the caller as `sluicegate.citations`; null when no knowledge base was searched.")
+    prompt_ref: str | None = Field(default=None, description="The registered prompt the request was rendered from, as name@version (null: none); analytics and leaderboards group by it.")
 
 
 class Span(Event):

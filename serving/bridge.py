@@ -33,9 +33,11 @@ from sluicegate.processors.identity import (
     record_key,
     token_from_headers,
 )
+from sluicegate.processors.prompt_registry import prompt_key
 from sluicegate.schemas.models import (
     AuditRecord,
     Event,
+    PromptVersionPublished,
     RequestReceived,
     RequestRejected,
     ResponseReady,
@@ -49,9 +51,11 @@ from sluicegate.serving.idempotency import IdempotencyCache
 from sluicegate.serving.kafka_io import AsyncProducer, ReplyRouter
 from sluicegate.serving.knowledge_api import add_routes as add_knowledge_routes
 from sluicegate.serving.metrics import BridgeMetrics
+from sluicegate.serving.prompts_api import PromptsApi
 from sluicegate.settings import Catalogue, Settings
 from sluicegate.streams.catalogue_view import CatalogueView
 from sluicegate.streams.identity_view import IdentityView
+from sluicegate.streams.prompt_view import PromptView
 
 log = logging.getLogger(__name__)
 
@@ -133,6 +137,8 @@ class Bridge:
         self.catalogue: CatalogueView | None = None
         # Who is calling: the key registry (sg.identity), followed from start() on.
         self.identity = IdentityView(settings=settings, serde=serde)
+        # Prompts (sg.prompts) for the admin routes under /admin/v1/prompts.
+        self.prompts = PromptView(settings=settings, serde=serde)
         self.authz = Authorizer(
             settings=settings.auth, tenant_rules=self.identity.registry.access_rules
         )
@@ -158,6 +164,7 @@ class Bridge:
         )
         await loop.run_in_executor(None, self.router.start)
         await loop.run_in_executor(None, self.identity.start)
+        await loop.run_in_executor(None, self.prompts.start)
         # Aliases and /v1/models follow catalogue reloads (the listener runs on the view's thread).
         self.catalogue = CatalogueView(settings=self.settings, serde=self.serde)
         self.catalogue.subscribe(lambda c: loop.call_soon_threadsafe(self._use_catalogue, c))
@@ -171,6 +178,7 @@ class Bridge:
         if self.catalogue is not None:
             await loop.run_in_executor(None, self.catalogue.close)
         await loop.run_in_executor(None, self.identity.close)
+        await loop.run_in_executor(None, self.prompts.close)
         if self.router is not None:
             await loop.run_in_executor(None, self.router.close)
         if self.journal is not None:
@@ -198,6 +206,12 @@ class Bridge:
             audit=self.audit,
             model_names=lambda: [m.name for m in self.settings.models],
         ).add_routes(app)
+        PromptsApi(
+            identity=self.identity.registry,
+            prompts=self.prompts.registry,
+            publisher=_PromptJournal(self),
+            audit=self.audit,
+        ).add_routes(app)
         return app
 
     # -- the admin API's ports ----------------------------------------------------------------
@@ -222,6 +236,13 @@ class Bridge:
             hash="",
         )
         await self.journal.publish(self._audit_topic, entry.tenant_id, self.serde.encode(record))
+
+    async def publish_prompt(self, event: PromptVersionPublished) -> None:
+        """Append a prompt version to sg.prompts (acks=all) and wait for it."""
+        assert self.journal is not None
+        await self.journal.publish(
+            self.settings.topic("prompts"), prompt_key(event), self.serde.encode(event)
+        )
 
     # -- middleware ---------------------------------------------------------------------------
 
@@ -663,3 +684,13 @@ async def _sse(response: web.StreamResponse, payload: dict[str, Any]) -> None:
 
 def create_bridge_app(settings: Settings, *, serde: AvroSerde) -> web.Application:
     return Bridge(settings=settings, serde=serde).application()
+
+
+@dataclass(frozen=True, slots=True)
+class _PromptJournal:
+    """The prompts API's publisher port over the bridge's journal (which exists from start())."""
+
+    bridge: Bridge
+
+    async def publish(self, event: PromptVersionPublished) -> None:
+        await self.bridge.publish_prompt(event)

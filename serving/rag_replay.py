@@ -21,17 +21,18 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from confluent_kafka import Consumer, Message, TopicPartition
+from confluent_kafka import Message
 
 from sluicegate.connectors.knowledge import KnowledgeServices
 from sluicegate.processors.ingestion import EmbedStage
 from sluicegate.schemas.models import ChunkCreated, ChunkEmbedded
 from sluicegate.schemas.serde import AvroSerde
 from sluicegate.serving.rag_worker import Outputs, apply_index
+from sluicegate.serving.topic_read import read_to_end
 from sluicegate.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -47,50 +48,6 @@ class ReindexReport:
     skipped: dict[str, int] = field(default_factory=dict)
     run_id: str | None = None
     seconds: float = 0.0
-
-
-def read_to_end(
-    settings: Settings, topic: str, *, batch: int = 500, timeout_s: float = 30.0
-) -> Iterator[list[Message]]:
-    """Batches of a topic's records from the beginning to the end it had when called (or until
-    nothing came for `timeout_s`)."""
-    consumer = Consumer(
-        {
-            **settings.kafka.client_config(),
-            "group.id": f"sluicegate-replay-{uuid.uuid4()}",
-            "enable.auto.commit": False,
-            "enable.partition.eof": False,
-        }
-    )
-    try:
-        metadata = consumer.list_topics(topic, timeout=timeout_s).topics[topic]
-        ends: dict[int, int] = {}
-        start = []
-        for partition in metadata.partitions:
-            low, high = consumer.get_watermark_offsets(
-                TopicPartition(topic, partition), timeout=timeout_s
-            )
-            if high > low:
-                ends[partition] = high
-                start.append(TopicPartition(topic, partition, low))
-        consumer.assign(start)
-        idle_since = time.monotonic()
-        while ends and time.monotonic() - idle_since < timeout_s:
-            records = []
-            for message in consumer.consume(num_messages=batch, timeout=1.0):
-                idle_since = time.monotonic()
-                if message.error() is not None:
-                    continue
-                end = ends.get(message.partition())
-                if end is None or message.offset() >= end:
-                    continue
-                records.append(message)
-                if message.offset() + 1 >= end:
-                    ends.pop(message.partition())
-            if records:
-                yield records
-    finally:
-        consumer.close()
 
 
 def run_reindex(

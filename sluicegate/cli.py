@@ -16,6 +16,10 @@ sluicegate keys create|list|rotate|revoke   API keys on sg.identity (operator)
 sluicegate ingest PATH… --kb NAME   parse files into a knowledge base (sg.documents)
 sluicegate rag         the RAG ingestion worker (chunk, embed, index); --reindex replays
 sluicegate audit verify  check the audit trail's hash chains
+sluicegate prompts create|update|list|show|diff|label|rollback|render   the prompt registry
+sluicegate eval run|compare|keep   eval datasets through the pipeline (docs/evals.md)
+sluicegate replay --since -2h …    backtest recorded traffic against a new model or prompt
+sluicegate leaderboard   models x prompt versions by score, cost and latency
 """
 
 from __future__ import annotations
@@ -31,8 +35,10 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from sluicegate.cli_evals import add_parsers as add_eval_parsers
 from sluicegate.cli_identity import add_parsers as add_identity_parsers
 from sluicegate.cli_identity import bootstrap_key
+from sluicegate.cli_prompts import add_parsers as add_prompt_parsers
 from sluicegate.cli_rag import add_parsers as add_rag_parsers
 from sluicegate.settings import Settings
 
@@ -452,6 +458,8 @@ def parser() -> argparse.ArgumentParser:
     tail.add_argument("--idle-exit", type=float, help="stop after this many idle seconds")
     COMMANDS.update(add_identity_parsers(sub))
     COMMANDS.update(add_rag_parsers(sub))
+    COMMANDS.update(add_eval_parsers(sub))
+    COMMANDS.update(add_prompt_parsers(sub))
     return root
 
 

@@ -389,6 +389,64 @@ class CacheSettings(BaseModel):
     embedding_api_key_env: str | None = None
 
 
+class PromptExperiment(BaseModel):
+    """A live A/B test of prompt variants: requests that reference `prompt@label` are split
+    between the variants by a stable hash of the user (or the request), so one user keeps
+    seeing one variant. The chosen version is recorded on every event as `prompt_ref`."""
+
+    name: str = Field(
+        description="Experiment name; also the hash salt, so experiments split independently."
+    )
+    tenant_id: str | None = Field(
+        default=None, description="Only this tenant's traffic; null: every tenant."
+    )
+    prompt: str = Field(description="Prompt name the experiment applies to.")
+    label: str = Field(default="prod", description="The label callers reference (`prompt@label`).")
+    variants: dict[str, float] = Field(
+        min_length=2,
+        description="Version (number, semver or label) → traffic weight (need not sum to 1).",
+    )
+    split_by: Literal["user", "request"] = Field(
+        default="user", description="Hash the end user (falls back to the request) or each request."
+    )
+
+
+class PromptSettings(BaseModel):
+    """The prompt registry (sg.prompts) as the request path uses it."""
+
+    experiments: list[PromptExperiment] = Field(
+        default_factory=list, description="Live A/B tests of prompt variants (docs/prompts.md)."
+    )
+    few_shot_embeddings: bool = Field(
+        default=True,
+        description="Select few-shot examples by embedding similarity with the cache's "
+        "embedder when one is configured; otherwise the first k are used.",
+    )
+
+
+class EvalSettings(BaseModel):
+    """Eval runs and replays (`sluicegate eval`, `sluicegate replay`)."""
+
+    max_in_flight: int = Field(
+        default=8,
+        ge=1,
+        description="Requests of one run in the pipeline at once (bounded parallelism).",
+    )
+    case_timeout_s: float = Field(
+        default=120.0, gt=0, description="How long a case may wait for its answer."
+    )
+    judge_model: str | None = Field(
+        default=None, description="Model alias of the LLM judge; null: the run's own model."
+    )
+    reports_dir: str = Field(
+        default="~/.sluicegate/reports",
+        description="Where run reports (Markdown + PNG) are written.",
+    )
+    tenant_id: str = Field(
+        default="default", description="Tenant an eval run's requests are journaled under."
+    )
+
+
 class TracingSettings(BaseModel):
     """Optional OpenTelemetry export of the `traces` topic (`sluicegate trace-export`).
 
@@ -827,6 +885,8 @@ class Settings(BaseSettings):
     tracing: TracingSettings = TracingSettings()
     auth: AuthSettings = AuthSettings()
     rag: RagSettings = RagSettings()
+    prompts: PromptSettings = PromptSettings()
+    evals: EvalSettings = EvalSettings()
     catalogue_file: Path | None = Field(
         default=None,
         description="YAML file with `deployments` and `models`; the environment still overrides.",

@@ -53,6 +53,8 @@ from sluicegate.processors.envelope import Emit
 from sluicegate.processors.health_stage import HealthStage
 from sluicegate.processors.identity import IdentityRegistry
 from sluicegate.processors.limits import RuleOverrides
+from sluicegate.processors.prompt_registry import PromptRegistry
+from sluicegate.processors.prompting import PromptStage, registry_renderer
 from sluicegate.processors.rejection import internal_error
 from sluicegate.processors.spend import Spend
 from sluicegate.schemas.models import (
@@ -174,10 +176,12 @@ def create_app(
     catalogue_view: CatalogueView | None = None,
     metrics: EventMetrics | None = None,
     identity: RuleOverrides | None = None,
+    prompt_registry: PromptRegistry | None = None,
 ) -> faust.App:
     """The app; `health_view` (started by the caller) gives routing the breakers' state,
     `embedder` the cache its semantic tier (None: exact tier only), and `identity` (the key
-    registry) the limits bound to keys and tenants."""
+    registry) the limits bound to keys and tenants; `prompt_registry` (followed by the caller's
+    PromptView) renders requests that name a registered prompt."""
     app = faust.App(
         settings.worker.app_id,
         broker=f"kafka://{settings.kafka.bootstrap_servers}",
@@ -228,6 +232,17 @@ def create_app(
             auth=settings.auth,
             retrievers=knowledge,
             directory=identity if isinstance(identity, IdentityRegistry) else None,
+        ),
+        prompts=None
+        if prompt_registry is None
+        else PromptStage(
+            renderer=registry_renderer(
+                prompt_registry,
+                embed=embedder.embed
+                if embedder is not None and settings.prompts.few_shot_embeddings
+                else None,
+            ),
+            settings=settings.prompts,
         ),
     )
     # Embeddings (~7 ms of CPU each) run here, off the event loop the other agents share.

@@ -65,7 +65,13 @@ def catalogue(settings: Settings) -> list[TopicSpec]:
         TopicSpec(t("documents"), "doc_id", ("DocumentSubmitted",), FOREVER, dlq=True),
         TopicSpec(t("chunks"), "doc_id", ("ChunkCreated",), FOREVER, dlq=True),
         TopicSpec(t("embeddings"), "doc_id", ("ChunkEmbedded",), FOREVER, dlq=True),
-        TopicSpec(t("prompts"), "prompt_name", ("PromptVersionPublished",), cleanup="compact"),
+        TopicSpec(
+            t("prompts"),
+            "tenant_id/prompt_name@version",  # one key per version: compaction keeps history
+            ("PromptVersionPublished",),
+            cleanup="compact",
+            partitions=1,
+        ),
         TopicSpec(
             t("evals"), "run_id", ("EvalCaseResult", "EvalRunCompleted"), 90 * DAY_MS, dlq=True
         ),

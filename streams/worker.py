@@ -21,6 +21,7 @@ from sluicegate.streams.app import create_app
 from sluicegate.streams.catalogue_view import CatalogueView
 from sluicegate.streams.health_view import HealthView
 from sluicegate.streams.identity_view import IdentityView
+from sluicegate.streams.prompt_view import PromptView
 from sluicegate.streams.topics import ensure_topics
 
 
@@ -32,8 +33,10 @@ def run_worker(settings: Settings, *, loglevel: str = "INFO") -> None:
     health_view = HealthView(settings=settings, serde=serde)
     catalogue_view = CatalogueView(settings=settings, serde=serde)
     identity_view = IdentityView(settings=settings, serde=serde)
+    prompt_view = PromptView(settings=settings, serde=serde)
     health_view.start()
     identity_view.start()
+    prompt_view.start()
     metrics, metrics_server = serve_metrics(
         settings.worker.metrics_host, settings.worker.metrics_port
     )
@@ -57,6 +60,7 @@ def run_worker(settings: Settings, *, loglevel: str = "INFO") -> None:
             catalogue_view=catalogue_view,
             metrics=metrics,
             identity=identity_view.registry,
+            prompt_registry=prompt_view.registry,
         )
         catalogue_view.start()  # after create_app subscribed: a published catalogue applies now
         worker = faust.Worker(app, loglevel=loglevel, quiet=True)
@@ -65,6 +69,7 @@ def run_worker(settings: Settings, *, loglevel: str = "INFO") -> None:
         lag.close()
         catalogue_view.close()
         identity_view.close()
+        prompt_view.close()
         health_view.close()
         if metrics_server is not None:
             metrics_server.close()

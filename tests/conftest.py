@@ -72,7 +72,10 @@ RESTART = _key(limits={"requests_per_minute": 1})  # the worker-restart test
 BUDGETED = _key(tenant=BUDGET_TENANT)
 GLOBEX = _key(tenant="globex")
 FAKE_ONLY = _key(models=("gpt-fake",))
-TEST_KEYS = (CALLER, ADMIN, LIMITED, RESTART, BUDGETED, GLOBEX, FAKE_ONLY)
+# tests/e2e/test_improve.py: one tenant; a key with a limit (replays must not touch it), one free.
+IMPROVE = _key(tenant="improve", limits={"requests_per_minute": 4})
+IMPROVE_FREE = _key(tenant="improve")
+TEST_KEYS = (CALLER, ADMIN, LIMITED, RESTART, BUDGETED, GLOBEX, FAKE_ONLY, IMPROVE, IMPROVE_FREE)
 CALLER_TOKEN, LIMITED_TOKEN, RESTART_TOKEN = CALLER.token, LIMITED.token, RESTART.token
 
 

@@ -500,6 +500,54 @@ def test_migrations_apply_once_in_order_and_are_recorded(store: ClickHouseAnalyt
     } <= tables
 
 
+def test_the_leaderboard_ranks_models_and_prompt_versions_by_score_cost_and_latency(
+    store: ClickHouseAnalytics,
+) -> None:
+    store.migrate()  # idempotent: the module's first test applied them already
+
+    def result(run: str, case: str, model: str, prompt: str, passed: bool, usd: float, ms: float):
+        return EvalCaseResult(
+            **envelope(run_id=run),
+            dataset="lb",
+            case_id=case,
+            metric="exact",
+            score=1.0 if passed else 0.0,
+            passed=passed,
+            model=model,
+            prompt_ref=prompt,
+            cost_usd=usd,
+            latency_ms=ms,
+        )
+
+    insert_all(
+        store,
+        [
+            result("lb1", "a", "lb-small", "greet@1", True, 0.001, 100.0),
+            result("lb1", "b", "lb-small", "greet@1", False, 0.001, 300.0),
+            result("lb2", "a", "lb-big", "greet@2", True, 0.010, 200.0),
+            result("lb2", "b", "lb-big", "greet@2", True, 0.012, 400.0),
+            result("lb2", "a", "lb-big", "greet@2", True, 0.010, 200.0).model_copy(
+                update={"run_id": None}  # live traffic is not on the leaderboard
+            ),
+        ],
+    )
+    board = rows(
+        store.query(
+            "SELECT model, prompt_ref, mean_score, pass_rate, cases, runs, usd_per_case, "
+            "p50_latency_ms FROM v_leaderboard WHERE model LIKE 'lb-%' ORDER BY mean_score DESC",
+            readonly=True,
+        )
+    )
+    assert [(r["model"], r["prompt_ref"], r["mean_score"], r["cases"]) for r in board] == [
+        ("lb-big", "greet@2", 1.0, 2),
+        ("lb-small", "greet@1", 0.5, 2),
+    ]
+    assert board[0]["usd_per_case"] == pytest.approx(0.011)
+    assert board[1]["p50_latency_ms"] == pytest.approx(200.0)
+    assert board[0]["runs"] == 1
+    store.query("TRUNCATE TABLE eval_results")  # the shipped queries' test counts its own rows
+
+
 def check_answers(store: ClickHouseAnalytics) -> None:
     """Every shipped query, with the numbers the data set implies."""
     queries = shipped_queries()

@@ -64,6 +64,8 @@ OUTCOMES_INTERVAL_S = 0.25
 # How far back a redelivered task's request is looked up on sg.responses; longer than any
 # request's deadline (the bridge's request_timeout_s, 120 s by default) with room to spare.
 ANSWERED_WINDOW_S = 900.0
+# How long a rebalance may wait for the revoked partitions' running tasks (see _on_revoke).
+REVOKE_WAIT_S = 10.0
 STARTED_MEMORY = 100_000  # (request_id, attempt) pairs this process remembers having started
 
 
@@ -89,6 +91,10 @@ class OffsetTracker:
         if offset != oldest:
             return None
         return min(running) if running else self._next[(topic, partition)]
+
+    def running(self, partitions: list[TopicPartition]) -> bool:
+        """Whether any task of these partitions is still running."""
+        return any(self._running.get((tp.topic, tp.partition)) for tp in partitions)
 
     def forget(self, partitions: list[TopicPartition]) -> None:
         for tp in partitions:
@@ -334,6 +340,13 @@ class InferenceWorker:
         return fetch_ready(self._consumer, wait_s=0.2, max_records=256, who="inference consumer")
 
     def _on_revoke(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        """Before the partitions go to another member, let their running tasks finish (bounded
+        by REVOKE_WAIT_S): their answers are then on sg.responses and their offsets stored, so
+        the new owner skips them instead of answering a second time. Runs on the fetcher
+        thread inside poll(); the tasks finish on the event loop meanwhile."""
+        deadline = time.monotonic() + REVOKE_WAIT_S
+        while self._tasks and self._tracker.running(partitions) and time.monotonic() < deadline:
+            time.sleep(0.02)
         self._tracker.forget(partitions)
 
     async def _process(self, message: Message) -> None:

@@ -19,6 +19,7 @@ sluicegate audit verify  check the audit trail's hash chains
 sluicegate prompts create|update|list|show|diff|label|rollback|render   the prompt registry
 sluicegate eval run|compare|keep   eval datasets through the pipeline (docs/evals.md)
 sluicegate replay --since -2h …    backtest recorded traffic against a new model or prompt
+sluicegate serve [--address ray://…]   the inference pools as Ray Serve replicas (extra `ray`)
 sluicegate leaderboard   models x prompt versions by score, cost and latency
 """
 
@@ -40,6 +41,7 @@ from sluicegate.cli_identity import add_parsers as add_identity_parsers
 from sluicegate.cli_identity import bootstrap_key
 from sluicegate.cli_prompts import add_parsers as add_prompt_parsers
 from sluicegate.cli_rag import add_parsers as add_rag_parsers
+from sluicegate.cli_serve import add_parsers as add_serve_parsers
 from sluicegate.settings import Settings
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -460,6 +462,7 @@ def parser() -> argparse.ArgumentParser:
     COMMANDS.update(add_rag_parsers(sub))
     COMMANDS.update(add_eval_parsers(sub))
     COMMANDS.update(add_prompt_parsers(sub))
+    COMMANDS.update(add_serve_parsers(sub))
     return root
 
 

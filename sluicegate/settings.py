@@ -865,6 +865,91 @@ class AuthSettings(BaseModel):
     jwt: JwtSettings = JwtSettings()
 
 
+class VllmEngineSettings(BaseModel):
+    """vLLM engine arguments of one GPU pool (`AsyncEngineArgs` fields of the same name)."""
+
+    model: str = Field(description="Hugging Face id or local path of the weights.")
+    quantization: Literal["awq", "gptq", "fp8", "bitsandbytes"] | None = None
+    dtype: str = "auto"
+    tensor_parallel_size: int = Field(default=1, ge=1)
+    gpu_memory_utilization: float = Field(default=0.9, gt=0, le=1)
+    enable_prefix_caching: bool = True
+    max_model_len: int | None = Field(default=None, gt=0)
+    speculative_config: dict[str, Any] | None = Field(
+        default=None,
+        description='vLLM speculative decoding, e.g. {"method": "ngram", '
+        '"num_speculative_tokens": 4, "prompt_lookup_max": 4}.',
+    )
+    extra: dict[str, Any] = Field(
+        default_factory=dict, description="Any other AsyncEngineArgs field, passed as is."
+    )
+
+
+class PoolServing(BaseModel):
+    """How one pool runs on Ray: its resources, its size, and how it scales."""
+
+    num_cpus: float = Field(default=1.0, ge=0, description="CPUs reserved per replica.")
+    num_gpus: float = Field(
+        default=0.0, ge=0, description="GPUs per replica; fractional shares one GPU (0.5: two)."
+    )
+    autoscale: bool = Field(default=True, description="Scale on consumer lag; else fixed size.")
+    replicas: int = Field(default=1, ge=0, description="The fixed size when autoscale is off.")
+    min_replicas: int = Field(default=1, ge=0)
+    max_replicas: int = Field(default=2, ge=1)
+    target_lag_per_replica: int = Field(
+        default=32, ge=1, description="Unfinished tasks (consumer lag) one replica may carry."
+    )
+    upscale_cooldown_s: float = Field(default=10.0, ge=0)
+    downscale_cooldown_s: float = Field(default=60.0, ge=0)
+    vllm: VllmEngineSettings | None = Field(
+        default=None, description="Run this pool's deployments on an in-replica vLLM engine."
+    )
+
+
+class RayServeSettings(BaseModel):
+    """`sluicegate serve`: the Ray cluster to join or start, and the pools' serving options."""
+
+    address: str | None = Field(
+        default=None, description="`ray://host:10001` of a cluster to join; unset: start one."
+    )
+    namespace: str = "sluicegate"
+    num_cpus: int | None = Field(
+        default=None, description="CPUs of a locally started Ray node; unset: all."
+    )
+    object_store_mb: int = Field(
+        default=256,
+        ge=75,
+        description="Object store of a locally started node (tasks do not "
+        "travel through it: replicas read Kafka).",
+    )
+    pools: dict[str, PoolServing] = Field(
+        default_factory=dict, description="Per-pool options; a pool not named gets defaults."
+    )
+    consumer_session_timeout_ms: int = Field(
+        default=10_000,
+        ge=6_000,
+        description="How soon a killed replica's partitions move to the others (the broker's "
+        "group.min.session.timeout.ms, 6 s by default, is the floor).",
+    )
+    graceful_shutdown_timeout_s: float = Field(
+        default=30.0, gt=0, description="How long a leaving replica may drain before Ray kills it."
+    )
+    lag_interval_s: float = Field(default=1.0, gt=0, description="How often lag is read.")
+    look_back_period_s: float = Field(
+        default=2.0, gt=0, description="Ray's window over the replicas' in-flight reports."
+    )
+    health_check_period_s: float = Field(default=5.0, gt=0)
+    autoscaler: Literal["driver", "ray"] = Field(
+        default="driver",
+        description="`driver`: the serve process applies the lag policy by redeploying with a "
+        "new num_replicas; `ray`: Ray Serve's custom-policy hook (experimental, see "
+        "docs/serving.md).",
+    )
+
+    def pool(self, name: str) -> PoolServing:
+        return self.pools.get(name, PoolServing())
+
+
 class Settings(BaseSettings):
     """The root settings: composed from the groups above, frozen once built."""
 
@@ -887,6 +972,7 @@ class Settings(BaseSettings):
     rag: RagSettings = RagSettings()
     prompts: PromptSettings = PromptSettings()
     evals: EvalSettings = EvalSettings()
+    ray: RayServeSettings = RayServeSettings()
     catalogue_file: Path | None = Field(
         default=None,
         description="YAML file with `deployments` and `models`; the environment still overrides.",

@@ -1,0 +1,276 @@
+"""Ray Serve replicas consuming the inference topics (serving/ray_serve.py), on the real broker
+and a real local Ray node, with the OpenAI-compatible fake upstream as the backend.
+
+Tasks are published straight onto `sg.inference.default` (what admission would write) and the
+answers counted on sg.responses: a killed replica's tasks are answered exactly once, and a
+backlog scales the pool from 1 to 2 replicas through the lag policy (the driver-side
+autoscaler), after which removing the
+pool drains it and commits everything. One Ray node serves the whole module (starting one costs
+~5 s and ~1 GB).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import threading
+import time
+import uuid
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from confluent_kafka import Consumer, Producer, TopicPartition
+
+from sluicegate.connectors.schema_registry import build_serde
+from sluicegate.settings import Deployment, KafkaSettings, ModelAlias, Settings, WorkerSettings
+from sluicegate.streams.topics import ensure_topics
+from tests.builders import task
+from tests.topics_io import drop_topics
+
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.slow,
+    pytest.mark.timeout(150),
+    pytest.mark.skipif(
+        importlib.util.find_spec("ray") is None,
+        reason="ray is not installed: pip install 'sluicegate[ray]'",
+    ),
+]
+
+UPSTREAM_DELAY_S = 0.4  # each answer takes this long, so tasks are in flight when it matters
+
+
+@pytest.fixture(scope="module")
+def ray_node() -> Iterator[None]:
+    from sluicegate.serving.ray_serve import RayServeSettings, connect, shutdown
+
+    connect(RayServeSettings(num_cpus=2, object_store_mb=128))
+    yield
+    shutdown()
+
+
+@pytest.fixture(scope="module")
+def slow_upstream() -> Iterator:
+    from tests.fakes.openai_upstream import FakeOpenAIUpstream
+
+    server = FakeOpenAIUpstream.start_in_thread(delay_s=UPSTREAM_DELAY_S)
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def pool_settings(kafka_bootstrap: str, slow_upstream, tmp_path: Path) -> Iterator[Settings]:
+    run = uuid.uuid4().hex[:8]
+    settings = Settings(
+        kafka=KafkaSettings(bootstrap_servers=kafka_bootstrap, topic_prefix=f"ray{run}."),
+        worker=WorkerSettings(
+            app_id=f"sluicegate-ray-{run}",
+            inference_concurrency=4,
+            data_dir=tmp_path,
+            metrics_port=None,
+            inference_metrics_port=None,
+        ),
+        deployments=[
+            Deployment(
+                name="fake",
+                backend="openai",
+                provider_model="fake-model",
+                base_url=slow_upstream.base_url,
+            )
+        ],
+        models=[ModelAlias(name="gpt-fake", deployments=["fake"])],
+    )
+    ensure_topics(settings)
+    yield settings
+    drop_topics(settings)
+
+
+def publish_tasks(settings: Settings, count: int, *, stream: bool) -> list[str]:
+    serde = build_serde(settings)
+    producer = Producer({"bootstrap.servers": settings.kafka.bootstrap_servers, "acks": "all"})
+    ids = []
+    for _ in range(count):
+        t = task("fake", stream=stream)
+        producer.produce(
+            settings.topic("inference.default"), key=t.request_id.encode(), value=serde.encode(t)
+        )
+        ids.append(t.request_id)
+    assert producer.flush(10) == 0
+    return ids
+
+
+class Responses:
+    """Follows sg.responses from the beginning; counts final results per request id."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.topic = settings.topic("responses")
+        self.counts: Counter[str] = Counter()
+        self._consumer = Consumer(
+            {
+                "bootstrap.servers": settings.kafka.bootstrap_servers,
+                "group.id": f"test-{uuid.uuid4()}",
+                "enable.auto.commit": False,
+            }
+        )
+        partitions = self._consumer.list_topics(self.topic, timeout=10).topics[self.topic]
+        self._partitions = list(partitions.partitions)
+        self._consumer.assign([TopicPartition(self.topic, p, -2) for p in self._partitions])
+
+    def read(self, seconds: float) -> None:
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            for message in self._consumer.consume(500, timeout=0.1):
+                if message.error() is None and message.key():
+                    self.counts[message.key().decode()] += 1
+
+    def wait_for(self, ids: list[str], timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline and not set(ids) <= set(self.counts):
+            self.read(0.5)
+        missing = set(ids) - set(self.counts)
+        assert not missing, f"{len(missing)} of {len(ids)} requests unanswered"
+
+    def to_end(self) -> None:
+        """Read up to the current end, so a late duplicate would be counted too."""
+        ends = {}
+        for p in self._partitions:
+            ends[p] = self._consumer.get_watermark_offsets(TopicPartition(self.topic, p))[1]
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            positions = self._consumer.position(
+                [TopicPartition(self.topic, p) for p in self._partitions]
+            )
+            if all(tp.offset >= ends[tp.partition] or ends[tp.partition] == 0 for tp in positions):
+                return
+            self.read(0.2)
+
+    def close(self) -> None:
+        self._consumer.close()
+
+
+def replica_actors(pool: str) -> list[str]:
+    import ray
+
+    from sluicegate.serving.ray_serve import app_name
+
+    prefix = f"SERVE_REPLICA::{app_name(pool)}#"
+    return [
+        a["name"]
+        for a in ray.util.list_named_actors(all_namespaces=True)
+        if a["name"].startswith(prefix)
+    ]
+
+
+def wait_until(predicate, timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.25)
+    raise AssertionError(f"not within {timeout_s}s: {what}")
+
+
+def test_a_replica_killed_mid_stream_leaves_every_request_answered_once(
+    ray_node: None, pool_settings: Settings
+) -> None:
+    import ray
+
+    from sluicegate.serving.ray_serve import (
+        PoolServing,
+        RayServeSettings,
+        deploy,
+        remove_pools,
+        replica_counts,
+    )
+
+    serving = RayServeSettings(
+        consumer_session_timeout_ms=6000,
+        pools={"default": PoolServing(autoscale=False, replicas=2, num_cpus=0.25)},
+    )
+    deploy(pool_settings, serving, ["default"])
+    responses = Responses(pool_settings)
+    try:
+        assert replica_counts(["default"]) == {"default": 2}
+        ids = publish_tasks(pool_settings, 60, stream=True)
+        wait_until(lambda: (responses.read(0.2), len(responses.counts) >= 8)[1], 30, "answers")
+        victim = replica_actors("default")[0]
+        ray.kill(ray.get_actor(victim, namespace="serve"), no_restart=True)
+
+        responses.wait_for(ids, timeout_s=60)
+        responses.to_end()
+        assert set(responses.counts) == set(ids)
+        duplicates = {rid: n for rid, n in responses.counts.items() if n != 1}
+        assert duplicates == {}
+        # Serve replaced the killed replica.
+        wait_until(lambda: replica_counts(["default"])["default"] == 2, 30, "a new replica")
+        assert victim not in replica_actors("default")
+    finally:
+        responses.close()
+        remove_pools(["default"])
+
+
+def test_a_backlog_scales_the_pool_up_and_removing_it_drains_and_commits(
+    ray_node: None, pool_settings: Settings
+) -> None:
+    from sluicegate.serving.ray_autoscale import PoolLag
+    from sluicegate.serving.ray_serve import (
+        PoolServing,
+        RayServeSettings,
+        deploy,
+        driver_autoscaler,
+        pool_group,
+        remove_pools,
+        replica_counts,
+    )
+
+    serving = RayServeSettings(
+        lag_interval_s=0.5,
+        look_back_period_s=1.0,
+        pools={
+            "default": PoolServing(
+                num_cpus=0.25,
+                min_replicas=1,
+                max_replicas=2,
+                target_lag_per_replica=5,
+                upscale_cooldown_s=0,
+                downscale_cooldown_s=600,  # no scale-down while the test reads
+            )
+        },
+    )
+    deploy(pool_settings, serving, ["default"])
+    autoscaler = driver_autoscaler(pool_settings, serving, ["default"])
+    stop = threading.Event()
+    ticking = threading.Thread(target=autoscaler.run, args=(stop, 0.5), daemon=True)
+    ticking.start()
+    responses = Responses(pool_settings)
+    removed = False
+    try:
+        assert replica_counts(["default"]) == {"default": 1}
+        ids = publish_tasks(pool_settings, 80, stream=False)  # ~10 s for one replica alone
+        wait_until(lambda: replica_counts(["default"])["default"] == 2, 30, "a second replica")
+        responses.wait_for(ids, timeout_s=60)
+
+        stop.set()
+        ticking.join(10)
+        remove_pools(["default"])  # both replicas drain: finish, commit, leave the group
+        removed = True
+        wait_until(lambda: not replica_actors("default"), 30, "replicas gone")
+        responses.to_end()
+        assert set(responses.counts) == set(ids)
+        lag = PoolLag(
+            kafka=pool_settings.kafka,
+            group=pool_group(pool_settings, "default"),
+            topic=pool_settings.topic("inference.default"),
+        )
+        try:
+            lag._collector.refresh()
+            assert lag.total() == 0  # every answered task's offset was committed
+        finally:
+            lag.close()
+    finally:
+        stop.set()
+        autoscaler.close()
+        responses.close()
+        if not removed:
+            remove_pools(["default"])

@@ -18,7 +18,7 @@ sluicegate rag         the RAG ingestion worker (chunk, embed, index); --reindex
 sluicegate audit verify  check the audit trail's hash chains
 sluicegate prompts create|update|list|show|diff|label|rollback|render   the prompt registry
 sluicegate eval run|compare|keep   eval datasets through the pipeline (docs/evals.md)
-sluicegate replay --since -2h …    backtest recorded traffic against a new model or prompt
+sluicegate replay --since=-2h …    backtest recorded traffic against a new model or prompt
 sluicegate serve [--address ray://…]   the inference pools as Ray Serve replicas (extra `ray`)
 sluicegate leaderboard   models x prompt versions by score, cost and latency
 """

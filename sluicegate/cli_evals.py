@@ -3,7 +3,7 @@
     sluicegate eval run examples/evals/smoke.yaml --model chat [--prompt support@staging]
     sluicegate eval compare RUN_A RUN_B               # per-case diff, deltas with intervals
     sluicegate eval keep REQUEST_ID --dataset keep.yaml   # this interaction as a test case
-    sluicegate replay --since -1h --tenant acme --to-model chat-v2 [--to-prompt support@4]
+    sluicegate replay --since=-1h --tenant acme --to-model chat-v2 [--to-prompt support@4]
     sluicegate leaderboard [--metric exact]
 
 Runs go through the live pipeline with their own `run_id` (serving/eval_runner.py); results
@@ -347,6 +347,82 @@ def cmd_leaderboard(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+_NAME = re.compile(r"^[A-Za-z0-9_.:-]+$")
+
+
+def cmd_ab(settings: Settings, args: argparse.Namespace) -> int:
+    """A live A/B test of prompt variants from ClickHouse: latency and cost per answer
+    (Mann-Whitney, bootstrap interval) and the share of answers that finished (`stop`, not cut
+    off or filtered: two-proportion z-test), each variant against the first."""
+    from sluicegate.cli import _query
+    from sluicegate.errors import AnalyticsError
+    from sluicegate.processors.ab_report import ArmSamples, compare_arms
+
+    experiment = next((e for e in settings.prompts.experiments if e.name == args.experiment), None)
+    if experiment is None:
+        known = ", ".join(e.name for e in settings.prompts.experiments) or "none"
+        print(f"ab: no experiment {args.experiment!r} in prompts.experiments ({known})")
+        return 1
+    if not _NAME.match(experiment.prompt):
+        print(f"ab: unusable prompt name {experiment.prompt!r}", file=sys.stderr)
+        return 1
+    since = parse_time_ms(args.since) / 1000
+    tenant = f" AND tenant_id = '{experiment.tenant_id}'" if experiment.tenant_id else ""
+    if experiment.tenant_id and not _NAME.match(experiment.tenant_id):
+        print(f"ab: unusable tenant id {experiment.tenant_id!r}", file=sys.stderr)
+        return 1
+    where = (
+        f"run_id IS NULL AND prompt_ref LIKE '{experiment.prompt}@%'"
+        f" AND occurred_at >= toDateTime64({since:.3f}, 3){tenant}"
+    )
+    try:
+        _, answers = _query(
+            settings,
+            "SELECT prompt_ref, latency_ms, finish_reason = 'stop' FROM responses FINAL "
+            f"WHERE status = 'ok' AND NOT cache_hit AND {where}",
+        )
+        _, costs = _query(settings, f"SELECT prompt_ref, usd FROM cost FINAL WHERE {where}")
+    except AnalyticsError as error:
+        print(f"analytics: {error}", file=sys.stderr)
+        return 1
+    samples: dict[str, dict[str, list[Any]]] = {}
+    for ref, latency, finished in answers:
+        arm = samples.setdefault(ref, {"latency_ms": [], "cost_usd": [], "passed": []})
+        if latency is not None:
+            arm["latency_ms"].append(float(latency))
+        arm["passed"].append(bool(finished))
+    for ref, usd in costs:
+        samples.setdefault(ref, {"latency_ms": [], "cost_usd": [], "passed": []})
+        samples[ref]["cost_usd"].append(float(usd))
+    first = [f"{experiment.prompt}@{v}" for v in experiment.variants]
+    order = sorted(samples, key=lambda ref: (first.index(ref) if ref in first else 99, ref))
+    arms = {ref: ArmSamples(ref, **samples[ref]) for ref in order}
+    print(
+        f"experiment {experiment.name}: {experiment.prompt}@{experiment.label}, split by "
+        f"{experiment.split_by}"
+    )
+    for ref, arm in arms.items():
+        print(f"  {ref}: {len(arm.passed)} answers, {len(arm.cost_usd)} costed")
+    comparisons = compare_arms(arms)
+    if not comparisons:
+        print("not enough answers in two arms yet")
+        return 0
+    print("metric\tcontrol\tvariant\tn\tcontrol_mean\tvariant_mean\tdiff [95% CI]\teffect\tp")
+    for c in comparisons:
+        if c.proportions is not None:
+            ci, effect = c.proportions.interval, f"h={c.proportions.cohens_h:+.3f}"
+        else:
+            assert c.difference is not None and c.ranks is not None
+            ci, effect = c.difference, f"r={c.ranks.rank_biserial:+.3f}"
+        print(
+            f"{c.metric}\t{c.control}\t{c.variant}\t{c.n_control}/{c.n_variant}\t"
+            f"{c.control_mean:.6g}\t{c.variant_mean:.6g}\t"
+            f"{ci.estimate:+.4g} [{ci.low:+.4g}, {ci.high:+.4g}]\t{effect}\t{c.p_value:.4f}"
+        )
+    print("decide at the sample size fixed in advance (docs/evals.md: stop rules)")
+    return 0
+
+
 def add_parsers(sub: Any) -> dict[str, Any]:
     evals = sub.add_parser("eval", help="run an eval dataset, compare runs, keep interactions")
     evals_sub = evals.add_subparsers(dest="eval_command", required=True)
@@ -373,7 +449,7 @@ def add_parsers(sub: Any) -> dict[str, Any]:
     )
 
     replay = sub.add_parser("replay", help="replay recorded traffic against a new model/prompt")
-    replay.add_argument("--since", required=True, help="-2h, ISO 8601 or epoch ms")
+    replay.add_argument("--since", required=True, help="-2h (write --since=-2h), ISO 8601 or epoch ms")
     replay.add_argument("--until", help="default: now")
     replay.add_argument("--tenant")
     replay.add_argument("--model", help="only requests for this alias")
@@ -398,6 +474,10 @@ def add_parsers(sub: Any) -> dict[str, Any]:
     replay.add_argument("--run-id")
     replay.add_argument("--report-dir", help="default: evals.reports_dir")
 
+    ab = sub.add_parser("ab", help="a live A/B test of prompt variants, with significance")
+    ab.add_argument("experiment", help="name in prompts.experiments")
+    ab.add_argument("--since", default="-7d", help="-7d (write --since=-7d), ISO 8601 or epoch ms")
+
     board = sub.add_parser("leaderboard", help="models x prompt versions by score, cost, latency")
     board.add_argument("--metric")
-    return {"eval": cmd_eval, "replay": cmd_replay, "leaderboard": cmd_leaderboard}
+    return {"eval": cmd_eval, "replay": cmd_replay, "leaderboard": cmd_leaderboard, "ab": cmd_ab}

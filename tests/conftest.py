@@ -28,6 +28,8 @@ from sluicegate.settings import (
     LimitRule,
     LimitsSettings,
     ModelAlias,
+    PromptExperiment,
+    PromptSettings,
     ResilienceSettings,
     Settings,
     WorkerSettings,
@@ -279,6 +281,17 @@ def settings(
         # Tests count upstream requests: an answer from the cache would not reach it. The cache's
         # own end-to-end test builds settings of its own.
         cache=CacheSettings(enabled=False),
+        # A live A/B test of the `split` prompt in tenant `improve` (tests/e2e/test_improve.py).
+        prompts=PromptSettings(
+            experiments=[
+                PromptExperiment(
+                    name="tone",
+                    tenant_id="improve",
+                    prompt="split",
+                    variants={"1": 1.0, "2": 1.0},
+                )
+            ]
+        ),
     )
 
 

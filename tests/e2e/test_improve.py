@@ -194,3 +194,67 @@ def test_an_eval_run_scores_cases_through_the_pipeline_and_compares_runs(
     scorecard = build_scorecard(baseline, candidate)
     assert {c.status for c in scorecard.cases} == {"unchanged"}
     assert scorecard.metrics["exact"].delta.estimate == 0
+
+
+def test_a_live_ab_test_splits_users_stickily_and_is_judged_from_analytics(
+    settings: Settings, bridge_url: str, tmp_path_factory: pytest.TempPathFactory, capsys
+) -> None:
+    from sluicegate.cli import parser
+    from sluicegate.cli_evals import cmd_ab
+    from sluicegate.settings import AnalyticsSettings
+    from tests.e2e.test_analytics_sink import Sink, sql
+
+    registry = PromptRegistry()
+    first = registry.publish(TENANT, "split", template="variant one", labels=["prod"])
+    registry.apply(first)
+    second = registry.publish(TENANT, "split", template="variant two")
+    publish(settings, first, second)
+    users = [f"user-{i}" for i in range(12)]
+    seen: dict[str, set[str]] = {}
+    deadline = time.monotonic() + 20
+    while True:  # the worker's prompt view follows sg.prompts within its fetch wait
+        try:
+            ask(bridge_url, "warm up", IMPROVE_FREE, prompt="split@prod")
+            break
+        except openai.NotFoundError:
+            assert time.monotonic() < deadline, "the prompt never arrived"
+            time.sleep(0.3)
+    for _ in range(2):
+        for user in users:
+            reply = client(bridge_url, IMPROVE_FREE).chat.completions.create(
+                model="gpt-fake",
+                messages=[{"role": "user", "content": "hi"}],
+                user=user,
+                extra_body={"sluicegate": {"prompt": "split@prod"}},
+            )
+            seen.setdefault(user, set()).add(reply.choices[0].message.content)
+    assert all(len(answers) == 1 for answers in seen.values())  # a user keeps one variant
+    arms = {next(iter(answers)) for answers in seen.values()}
+    assert arms == {"echo: variant one", "echo: variant two"}
+
+    sink_settings = settings.model_copy(
+        update={
+            "analytics": AnalyticsSettings(
+                dsn=f"chdb://{tmp_path_factory.mktemp('ab-analytics')}/chdb"
+            )
+        }
+    )
+    sink = Sink(sink_settings, tmp_path_factory.mktemp("ab-sink-logs"))
+    sink.start()
+    try:
+        query = "SELECT count() FROM responses FINAL WHERE prompt_ref LIKE 'split@%'"
+        deadline = time.monotonic() + 60
+        while sql(sink_settings, query)[0][0] < 2 * len(users) + 1:
+            assert time.monotonic() < deadline, "the answers never reached the sink"
+            time.sleep(0.5)
+        capsys.readouterr()
+        assert cmd_ab(sink_settings, parser().parse_args(["ab", "tone", "--since=-1h"])) == 0
+        out = capsys.readouterr().out
+    finally:
+        sink.stop()
+    assert "split@1:" in out and "split@2:" in out
+    rows = [
+        line.split("\t") for line in out.splitlines() if line.startswith(("latency_ms", "pass"))
+    ]
+    assert {row[0] for row in rows} == {"latency_ms", "pass_rate"}
+    assert all(row[1] == "split@1" and row[2] == "split@2" for row in rows)

@@ -8,6 +8,9 @@ routing reason) for the side topics. Enrichment (a request that names a knowledg
 processors/enrichment.py) and the semantic cache's embedding pause admission for blocking work
 (`AwaitingRetrieval`, `AwaitingEmbedding`) that the agent runs off its event loop.
 
+A `batch` request (processors/priority.py) is routed to the cheapest capable deployment and its
+task goes to the batch lane, `inference.<batch.pool>`, instead of the deployment's pool.
+
 A request that names a registered prompt (`extra_body.sluicegate.prompt`,
 processors/prompting.py) is rendered first, so every later check sees what the model will.
 
@@ -378,12 +381,13 @@ class Admission:
         prompt_ref: str | None = None,
     ) -> list[Emit]:
         deployment = self._settings.deployment(route.deployment)
+        pool = self._settings.batch.pool if route.priority == "batch" else deployment.pool
         task = InferenceTask(
             **child_envelope(request, producer=PRODUCER, span_id=span_id),
             model=request.model,
             deployment=deployment.name,
             provider_model=deployment.provider_model,
-            pool=deployment.pool,
+            pool=pool,
             messages=request.messages,
             params=request.params,
             stream=request.stream,
@@ -414,13 +418,15 @@ class Admission:
             "fallbacks": ",".join(route.fallbacks),
             "estimated_tokens": str(estimated_tokens),
         }
+        if route.priority == "batch":
+            attributes |= {"priority": route.priority, "pool": pool}
         if route.skipped:
             attributes["skipped"] = _skipped(route.skipped)
         remaining = limit.headers.get("x-ratelimit-remaining-requests")
         if remaining is not None:
             attributes["ratelimit_remaining_requests"] = remaining
         return [
-            Emit(f"inference.{deployment.pool}", request.request_id, task),
+            Emit(f"inference.{pool}", request.request_id, task),
             Emit("admitted", request.tenant_id, admitted),
             self._span(task, started, "ok", attributes),
         ]

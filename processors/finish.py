@@ -17,6 +17,7 @@ from sluicegate.processors.audit import guard_fact
 from sluicegate.processors.cost import cost_entry, usd
 from sluicegate.processors.envelope import Emit, child_envelope, now, sibling_envelope, span_emit
 from sluicegate.processors.guard_output import OutputContext, OutputDecision, OutputGuard
+from sluicegate.processors.priority import priority_of
 from sluicegate.processors.resilience import Fallback, GiveUp, Retry
 from sluicegate.schemas.models import (
     CacheFill,
@@ -263,11 +264,13 @@ class Finisher:
             }
         else:
             target = self._deployments[decision.deployment]
+            # A batch request stays on the batch lane whichever deployment serves it.
+            batch = priority_of(task.params.extra_json) == "batch"
             update = {
                 "attempt": task.attempt + 1,
                 "deployment": target.name,
                 "provider_model": target.provider_model,
-                "pool": target.pool,
+                "pool": task.pool if batch else target.pool,
                 "fallbacks": list(decision.remaining_chain),
                 "deployment_attempt": 1,
                 "not_before_ms": None,

@@ -13,8 +13,9 @@ passed in, and `weighted` draws from an injected `random.Random`, so a replay wi
 takes the same decisions.
 
 The request side is `needs_of`: what the request needs from a deployment (capabilities, an
-estimate of its tokens) plus the caller's per-request override, read from
-`params.extra_json["sluicegate"]`.
+estimate of its tokens) plus the caller's per-request override and priority class, read from
+`params.extra_json["sluicegate"]`. A `batch` request (processors/priority.py) is routed by `cost`
+unless it names a strategy: the cheapest capable deployment.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from typing import Any, Final, get_args
 
 from sluicegate.errors import ConfigurationError, SluicegateError
 from sluicegate.processors.health import HealthSnapshot
+from sluicegate.processors.priority import INTERACTIVE, InvalidPriority, Priority, parse_priority
 from sluicegate.schemas.models import ChatMessage, RequestReceived
 from sluicegate.settings import Deployment, ModelAlias, RoutingStrategy, Settings
 
@@ -40,13 +42,12 @@ IMAGE_TOKENS: Final = 765
 DEFAULT_COMPLETION_TOKENS: Final = 256
 
 OVERRIDE_KEY: Final = "sluicegate"
-# The `sluicegate` object carries every stage's per-request options; routing reads two of them
-# and must not refuse the others (`cache`: the response cache's opt-in/opt-out;
-# `knowledge_base`: enrichment's, processors/enrichment.py).
-# Every stage's per-request options (routing validates the whole object once): prompt and
-# variables are processors/prompting.py's.
+# The `sluicegate` object carries every stage's per-request options; routing validates the whole
+# object once, reads three of them (`deployment`, `strategy`, `priority`) and must not refuse the
+# others (`cache`: the response cache's opt-in/opt-out; `knowledge_base`: enrichment's,
+# processors/enrichment.py; `prompt` and `variables`: processors/prompting.py's).
 _OVERRIDE_FIELDS: Final = frozenset(
-    {"deployment", "strategy", "cache", "knowledge_base", "prompt", "variables"}
+    {"deployment", "strategy", "priority", "cache", "knowledge_base", "prompt", "variables"}
 )
 _JSON_MODES: Final = frozenset({"json_object", "json_schema"})
 
@@ -100,8 +101,8 @@ class RoutingError(SluicegateError):
 class RouteNeeds:
     """What one request needs from a deployment, and what the caller asked for explicitly.
 
-    `override_deployment` / `override_strategy` come from `params.extra_json["sluicegate"]`
-    (the bridge maps its routing header into the same place).
+    `override_deployment` / `override_strategy` / `priority` come from
+    `params.extra_json["sluicegate"]` (the bridge maps its routing headers into the same place).
     """
 
     prompt_tokens: int
@@ -112,6 +113,7 @@ class RouteNeeds:
     streaming: bool = False
     override_deployment: str | None = None
     override_strategy: RoutingStrategy | None = None
+    priority: Priority = INTERACTIVE
 
     @property
     def tokens_needed(self) -> int:
@@ -133,13 +135,15 @@ class RouteDecision:
     """The deployment to call first and the ordered fallbacks for the resilience stage.
 
     `reason` is one human-readable line for the trace span; `skipped` maps every deployment of
-    the alias that is not in `chain` to why.
+    the alias that is not in `chain` to why. `priority` is the request's class: admission sends
+    a `batch` task to the batch lane instead of the deployment's pool.
     """
 
     chain: tuple[str, ...]
     strategy: str
     reason: str
     skipped: Mapping[str, str]
+    priority: Priority = INTERACTIVE
 
     @property
     def deployment(self) -> str:
@@ -231,7 +235,7 @@ def needs_of(
     tools = _has_tools(params.tools_json)
     if tools and params.tools_json is not None:
         prompt_tokens += -(-len(params.tools_json) // CHARS_PER_TOKEN)
-    deployment, strategy = _override(params.extra_json)
+    deployment, strategy, priority = _override(params.extra_json)
     max_tokens = params.max_tokens
     return RouteNeeds(
         prompt_tokens=prompt_tokens,
@@ -244,6 +248,7 @@ def needs_of(
         streaming=request.stream,
         override_deployment=deployment,
         override_strategy=strategy,
+        priority=priority,
     )
 
 
@@ -263,27 +268,29 @@ def _json_mode(response_format_json: str | None) -> bool:
     return isinstance(response_format, dict) and response_format.get("type") in _JSON_MODES
 
 
-def _override(extra_json: str | None) -> tuple[str | None, RoutingStrategy | None]:
-    """The caller's `{"deployment": ..., "strategy": ...}`, strictly validated.
+def _override(
+    extra_json: str | None,
+) -> tuple[str | None, RoutingStrategy | None, Priority]:
+    """The caller's `{"deployment": ..., "strategy": ..., "priority": ...}`, strictly validated.
 
     Strict (unknown keys are errors too) because an override that is silently ignored, say a
     misspelt key, routes the request somewhere the caller did not ask for without telling them.
     """
     if not extra_json or OVERRIDE_KEY not in extra_json:  # cheap: most requests have none
-        return None, None
+        return None, None, INTERACTIVE
     try:
         extra = json.loads(extra_json)
     except ValueError as error:
         raise RoutingError("invalid_override", f"extra body fields are not JSON: {error}") from None
     if not isinstance(extra, dict) or OVERRIDE_KEY not in extra:
-        return None, None
+        return None, None, INTERACTIVE
     override: Any = extra[OVERRIDE_KEY]
     if override is None:
-        return None, None
+        return None, None, INTERACTIVE
     if not isinstance(override, dict):
         raise RoutingError(
             "invalid_override",
-            f"`{OVERRIDE_KEY}` must be an object with `deployment` and/or `strategy`",
+            f"`{OVERRIDE_KEY}` must be an object of per-request options, e.g. `deployment`",
         )
     unknown = set(override) - _OVERRIDE_FIELDS
     if unknown:
@@ -300,7 +307,11 @@ def _override(extra_json: str | None) -> tuple[str | None, RoutingStrategy | Non
             "invalid_override",
             f"unknown routing strategy {strategy!r}; known: {sorted(STRATEGIES)}",
         )
-    return deployment, strategy
+    try:
+        priority = parse_priority(override.get("priority"))
+    except InvalidPriority as error:
+        raise RoutingError("invalid_override", str(error)) from None
+    return deployment, strategy, priority
 
 
 # -- the catalogue side ---------------------------------------------------------------------------
@@ -462,7 +473,9 @@ class Router:
                 "invalid_override",
                 f"deployment {pinned!r} does not serve the model `{alias_name}`",
             )
-        strategy = needs.override_strategy or plan.strategy
+        strategy = needs.override_strategy or (
+            "cost" if needs.priority == "batch" else plan.strategy
+        )
         if strategy not in STRATEGIES:  # needs_of validates; this guards hand-built needs
             raise RoutingError("invalid_override", f"unknown routing strategy {strategy!r}")
 
@@ -505,8 +518,14 @@ class Router:
 
         if pinned is not None:
             reason = self._pin(usable, pinned, skipped) + reason
+        if needs.priority != INTERACTIVE:
+            reason = f"{needs.priority}: {reason}"
         return RouteDecision(
-            chain=tuple(c.name for c in usable), strategy=strategy, reason=reason, skipped=skipped
+            chain=tuple(c.name for c in usable),
+            strategy=strategy,
+            reason=reason,
+            skipped=skipped,
+            priority=needs.priority,
         )
 
     # -- strategies: reorder `usable` in place, return the head of the reason -------------------

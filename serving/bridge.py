@@ -61,8 +61,13 @@ log = logging.getLogger(__name__)
 
 TENANT_HEADER = "X-Sluicegate-Tenant"  # honoured only for anonymous callers (auth.required off)
 TIMEOUT_HEADER = "X-Sluicegate-Timeout"
-# Per-request routing overrides; the same as extra_body={"sluicegate": {...}}.
-OVERRIDE_HEADERS = {"X-Sluicegate-Deployment": "deployment", "X-Sluicegate-Strategy": "strategy"}
+# Per-request routing overrides and priority class; the same as extra_body={"sluicegate": {...}}
+# (a header wins over the body's field), validated by admission (processors/routing.py).
+OVERRIDE_HEADERS = {
+    "X-Sluicegate-Deployment": "deployment",
+    "X-Sluicegate-Strategy": "strategy",
+    "X-Sluicegate-Priority": "priority",
+}
 
 
 class OpenAIError(Exception):

@@ -19,6 +19,14 @@ is taken), or when this process already started the same (request_id, attempt).
 Retries and fallbacks are decided here (processors/inference.py) with the breakers' state read
 from sg.health, and leave as new tasks; a retry's backoff is waited out by the worker that
 picks the retry up, holding one concurrency slot.
+
+The batch lane (`sg.inference.<batch.pool>`, processors/priority.py) is consumed beside the
+pools by default. Its tasks have slots of their own (`batch.concurrency`), wait in a local queue
+until `batch_lane` lets them start, and the lane's partitions are paused while interactive work
+presses (or the queue is full), so batch tasks use only the capacity interactive ones leave
+idle and never hold up an interactive task behind them. A queued task is not started, so its
+offset is not stored either: tasks of one partition start in offset order, so the offset stored
+for a partition is never past a queued task, and a crash or rebalance re-delivers it.
 """
 
 from __future__ import annotations
@@ -28,7 +36,7 @@ import logging
 import threading
 import time
 import uuid
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 
@@ -40,6 +48,7 @@ from sluicegate.processors.envelope import Emit
 from sluicegate.processors.guard_output import OutputGuard
 from sluicegate.processors.inference import InferenceStage
 from sluicegate.processors.outcomes import OutcomeAggregator
+from sluicegate.processors.priority import LaneState, batch_lane
 from sluicegate.processors.rejection import internal_error
 from sluicegate.schemas.models import (
     InferenceFailed,
@@ -67,6 +76,15 @@ ANSWERED_WINDOW_S = 900.0
 # How long a rebalance may wait for the revoked partitions' running tasks (see _on_revoke).
 REVOKE_WAIT_S = 10.0
 STARTED_MEMORY = 100_000  # (request_id, attempt) pairs this process remembers having started
+FETCH_RECORDS = 256  # records taken from the consumer at once (more when the batch lane asks)
+
+
+def pool_topics(settings: Settings, pools: list[str] | None) -> list[str]:
+    """The topics a worker consumes: the pools named, else every deployment's pool and the
+    batch lane (unless `batch.consume` is off)."""
+    if pools is None:
+        pools = [*settings.pools, *([settings.batch.pool] if settings.batch.consume else [])]
+    return [settings.topic(f"inference.{pool}") for pool in dict.fromkeys(pools)]
 
 
 class OffsetTracker:
@@ -228,8 +246,20 @@ class InferenceWorker:
             health=lambda: self._health.snapshots,
             output_guard=OutputGuard(settings=settings.guardrails),
         )
-        self._topics = [settings.topic(f"inference.{p}") for p in (pools or settings.pools)]
+        self._topics = pool_topics(settings, pools)
         self._tracker = OffsetTracker()
+        # The batch lane: queued tasks (shared with _on_revoke, on the fetcher thread), the
+        # counts batch_lane decides on, the pause wanted and the pause applied to the consumer.
+        self._batch_topic = settings.topic(f"inference.{settings.batch.pool}")
+        self._batch_queue: deque[Message] = deque()
+        self._batch_lock = threading.Lock()
+        self._interactive_in_flight = 0
+        self._interactive_waiting = False
+        self._batch_in_flight = 0
+        self._batch_open = True  # False once stopping: no more batch tasks start
+        self._pause_batch = False
+        self._batch_paused = False
+        self._reassigned = False
         self._answered = AnsweredRequests(
             bootstrap_servers=settings.kafka.bootstrap_servers,
             topic=settings.topic("responses"),
@@ -273,19 +303,34 @@ class InferenceWorker:
         await loop.run_in_executor(None, self._answered.start)
         self._catalogue.subscribe(lambda c: loop.call_soon_threadsafe(self._reconfigure, c))
         await loop.run_in_executor(None, self._catalogue.start)
-        self._consumer.subscribe(self._topics, on_revoke=self._on_revoke)
+        self._consumer.subscribe(self._topics, on_assign=self._on_assign, on_revoke=self._on_revoke)
         slots = asyncio.Semaphore(self._settings.worker.inference_concurrency)
         summaries = asyncio.create_task(self._publish_outcomes(stop))
+
+        def interactive_done(_task: asyncio.Task[None]) -> None:
+            slots.release()
+            self._interactive_in_flight -= 1
+            self._steer()
+
         try:
             while not stop.is_set():
                 for message in await loop.run_in_executor(self._fetcher, self._fetch):
+                    if message.topic() == self._batch_topic:
+                        with self._batch_lock:
+                            self._batch_queue.append(message)
+                        continue
+                    if slots.locked():  # interactive backlog: the batch lane waits
+                        self._interactive_waiting = True
+                        self._steer()
                     await slots.acquire()
-                    self._tracker.start(message.topic(), message.partition(), message.offset())
-                    task = asyncio.create_task(self._process(message))
-                    self._tasks.add(task)
-                    task.add_done_callback(self._tasks.discard)
-                    task.add_done_callback(lambda _t: slots.release())
+                    self._interactive_waiting = False
+                    self._interactive_in_flight += 1
+                    self._start(message).add_done_callback(interactive_done)
+                self._steer()
         finally:
+            with self._batch_lock:  # queued batch tasks stay unstored: redelivered later
+                self._batch_open = False
+                self._batch_queue.clear()
             summaries.cancel()
             for emit in self._outcomes.flush():  # what the last interval saw
                 self._publish(emit)
@@ -328,22 +373,80 @@ class InferenceWorker:
             task = asyncio.get_running_loop().create_task(_close_later(backend))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
-        topics = [settings.topic(f"inference.{p}") for p in (self._pools or settings.pools)]
+        topics = pool_topics(settings, self._pools)
         if sorted(topics) != sorted(self._topics):
             self._topics, self._new_topics = topics, topics
         log.info("inference: catalogue %s applied", catalogue.version)
 
+    def _start(self, message: Message) -> asyncio.Task[None]:
+        self._tracker.start(message.topic(), message.partition(), message.offset())
+        task = asyncio.create_task(self._process(message))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    def _steer(self) -> None:
+        """Take the batch lane's decision (on the event loop): start what it allows now, and
+        leave the pause it wants for the fetcher thread to apply."""
+        batch = self._settings.batch
+        with self._batch_lock:
+            decision = batch_lane(
+                LaneState(
+                    interactive_in_flight=self._interactive_in_flight,
+                    batch_in_flight=self._batch_in_flight,
+                    batch_queued=len(self._batch_queue),
+                    interactive_waiting=self._interactive_waiting,
+                ),
+                concurrency=batch.concurrency,
+                fetch_batch=batch.fetch_batch,
+                pause_when_interactive_in_flight=batch.pause_when_interactive_in_flight,
+            )
+            self._pause_batch = decision.pause
+            for _ in range(decision.start if self._batch_open else 0):
+                self._batch_in_flight += 1
+                self._start(self._batch_queue.popleft()).add_done_callback(self._batch_done)
+
+    def _batch_done(self, _task: asyncio.Task[None]) -> None:
+        self._batch_in_flight -= 1
+        self._steer()
+
     def _fetch(self) -> list[Message]:
         topics, self._new_topics = self._new_topics, None
         if topics is not None:  # subscribe from the consumer's own thread
-            self._consumer.subscribe(topics, on_revoke=self._on_revoke)
-        return fetch_ready(self._consumer, wait_s=0.2, max_records=256, who="inference consumer")
+            self._consumer.subscribe(topics, on_assign=self._on_assign, on_revoke=self._on_revoke)
+        self._pause_lane()
+        return fetch_ready(
+            self._consumer,
+            wait_s=0.2,
+            max_records=max(FETCH_RECORDS, self._settings.batch.fetch_batch),
+            who="inference consumer",
+        )
+
+    def _pause_lane(self) -> None:
+        """Pause or resume the batch lane's partitions as `_steer` last wanted, on the fetcher
+        thread; again after every rebalance (a new assignment starts unpaused)."""
+        wanted = self._pause_batch
+        if wanted == self._batch_paused and not self._reassigned:
+            return
+        self._reassigned = False
+        lane = [tp for tp in self._consumer.assignment() if tp.topic == self._batch_topic]
+        if lane:
+            (self._consumer.pause if wanted else self._consumer.resume)(lane)
+        self._batch_paused = wanted
+
+    def _on_assign(self, _consumer: Consumer, _partitions: list[TopicPartition]) -> None:
+        self._reassigned = True
 
     def _on_revoke(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
         """Before the partitions go to another member, let their running tasks finish (bounded
         by REVOKE_WAIT_S): their answers are then on sg.responses and their offsets stored, so
-        the new owner skips them instead of answering a second time. Runs on the fetcher
-        thread inside poll(); the tasks finish on the event loop meanwhile."""
+        the new owner skips them instead of answering a second time. Their queued batch tasks
+        are dropped first (never started, so never stored: the new owner runs them). Runs on
+        the fetcher thread inside poll(); the tasks finish on the event loop meanwhile."""
+        revoked = {(tp.topic, tp.partition) for tp in partitions}
+        with self._batch_lock:
+            kept = [m for m in self._batch_queue if (m.topic(), m.partition()) not in revoked]
+            self._batch_queue = deque(kept)
         deadline = time.monotonic() + REVOKE_WAIT_S
         while self._tasks and self._tracker.running(partitions) and time.monotonic() < deadline:
             time.sleep(0.02)

@@ -449,7 +449,9 @@ def add_parsers(sub: Any) -> dict[str, Any]:
     )
 
     replay = sub.add_parser("replay", help="replay recorded traffic against a new model/prompt")
-    replay.add_argument("--since", required=True, help="-2h (write --since=-2h), ISO 8601 or epoch ms")
+    replay.add_argument(
+        "--since", required=True, help="-2h (write --since=-2h), ISO 8601 or epoch ms"
+    )
     replay.add_argument("--until", help="default: now")
     replay.add_argument("--tenant")
     replay.add_argument("--model", help="only requests for this alias")

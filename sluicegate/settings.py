@@ -275,6 +275,36 @@ class WorkerSettings(BaseModel):
         return path.expanduser().resolve()
 
 
+class BatchSettings(BaseModel):
+    """The batch lane: requests marked `priority: batch` (processors/priority.py) go to the
+    cheapest capable deployment through `sg.inference.<pool>`, run when interactive work
+    leaves room."""
+
+    pool: str = Field(
+        default="batch",
+        min_length=1,
+        description="Names the lane's topic `inference.<pool>`; not a deployment's pool.",
+    )
+    consume: bool = Field(
+        default=True, description="Whether `sluicegate inference` consumes the batch lane."
+    )
+    concurrency: int = Field(
+        default=32, ge=1, description="Batch tasks one worker runs at once (beside interactive)."
+    )
+    fetch_batch: int = Field(
+        default=256,
+        ge=1,
+        description="Batch tasks one worker takes from the lane ahead of free slots; past it the "
+        "lane's partitions are paused.",
+    )
+    pause_when_interactive_in_flight: int = Field(
+        default=8,
+        ge=1,
+        description="Interactive tasks running at which a worker stops starting batch tasks and "
+        "pauses the lane (also while interactive tasks wait for a slot).",
+    )
+
+
 class AnalyticsSettings(BaseModel):
     """Where the analytics sink writes and `sluicegate sql` reads.
 
@@ -961,6 +991,7 @@ class Settings(BaseSettings):
     registry: RegistrySettings = RegistrySettings()
     bridge: BridgeSettings = BridgeSettings()
     worker: WorkerSettings = WorkerSettings()
+    batch: BatchSettings = BatchSettings()
     analytics: AnalyticsSettings = AnalyticsSettings()
     resilience: ResilienceSettings = ResilienceSettings()
     limits: LimitsSettings = LimitsSettings()

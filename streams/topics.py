@@ -88,9 +88,11 @@ def catalogue(settings: Settings) -> list[TopicSpec]:
         ),
         TopicSpec(t("_schemas"), "schema_id", (), cleanup="compact", partitions=1),
     ]
+    # The deployments' pools, and the batch lane (processors/priority.py) even when no worker
+    # consumes it yet: admission writes batch tasks there whatever runs.
     specs += [
         TopicSpec(t(f"inference.{pool}"), "request_id", ("InferenceTask",), dlq=True)
-        for pool in settings.pools
+        for pool in sorted({*settings.pools, settings.batch.pool})
     ]
     specs += [
         TopicSpec(changelog, "table key", (), cleanup="compact")

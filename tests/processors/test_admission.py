@@ -15,11 +15,13 @@ from sluicegate.schemas.models import (
     CostEntry,
     InferenceTask,
     RequestAdmitted,
+    RequestReceived,
     RequestRejected,
     ResponseReady,
     Span,
 )
 from sluicegate.settings import (
+    BatchSettings,
     Deployment,
     GuardrailsSettings,
     LimitRule,
@@ -269,3 +271,70 @@ def test_a_deferred_semantic_lookup_pauses_for_the_embedding_then_hits() -> None
     emits = paused.resume(vectors["Say hello"])
     assert emits[0].topic == "responses" and emits[0].event.cache_hit
     assert emits[-1].event.attributes["cache"] == "semantic"
+
+
+# -- the batch lane (processors/priority.py) -------------------------------------------------------
+
+
+def priced_settings() -> Settings:
+    return Settings(
+        deployments=[
+            Deployment(
+                name="dear",
+                backend="openai",
+                provider_model="big",
+                pool="gpu",
+                input_usd_per_mtok=5,
+                output_usd_per_mtok=15,
+            ),
+            Deployment(
+                name="cheap",
+                backend="openai",
+                provider_model="small",
+                input_usd_per_mtok=0.1,
+                output_usd_per_mtok=0.2,
+            ),
+        ],
+        models=[ModelAlias(name="chat", deployments=["dear", "cheap"])],
+    )
+
+
+def with_priority(priority: str) -> RequestReceived:
+    incoming = request("chat")
+    extra = f'{{"sluicegate": {{"priority": "{priority}"}}}}'
+    return incoming.model_copy(
+        update={"params": incoming.params.model_copy(update={"extra_json": extra})}
+    )
+
+
+def test_a_batch_request_goes_to_the_cheapest_deployment_on_the_batch_lane() -> None:
+    admission = Admission(settings=priced_settings())
+    interactive = admission.run(request("chat"))
+    assert interactive[0].topic == "inference.gpu" and interactive[0].event.deployment == "dear"
+    assert "priority" not in interactive[-1].event.attributes
+
+    emits = admission.run(with_priority("batch"))
+    task, span = emits[0].event, emits[-1].event
+    assert emits[0].topic == "inference.batch"
+    assert isinstance(task, InferenceTask)
+    assert (task.deployment, task.pool, task.fallbacks) == ("cheap", "batch", ["dear"])
+    # The priority rides on the task's params, as the caller sent it.
+    assert task.params.extra_json == '{"sluicegate": {"priority": "batch"}}'
+    assert span.attributes["priority"] == "batch" and span.attributes["pool"] == "batch"
+    assert span.attributes["strategy"] == "cost"
+
+
+def test_the_batch_pool_is_configurable() -> None:
+    settings = priced_settings().model_copy(update={"batch": BatchSettings(pool="overnight")})
+    assert Admission(settings=settings).run(with_priority("batch"))[0].topic == (
+        "inference.overnight"
+    )
+
+
+def test_an_unknown_priority_is_rejected_with_400() -> None:
+    emits = Admission(settings=priced_settings()).run(with_priority("whenever"))
+    rejected = next(e for e in emits if e.topic == "responses").event
+    assert isinstance(rejected, RequestRejected)
+    assert (rejected.http_status, rejected.code) == (400, "invalid_override")
+    assert "unknown priority 'whenever'" in rejected.message
+    assert not any(e.topic.startswith("inference.") for e in emits)

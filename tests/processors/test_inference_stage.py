@@ -158,6 +158,16 @@ async def test_exhausted_retries_fall_back_along_the_chain_into_the_other_pool()
     assert fallback.event.fallbacks == ["third"] and fallback.event.deployment_attempt == 1
 
 
+async def test_a_batch_requests_fallback_stays_on_the_batch_lane() -> None:
+    error = BackendError("down", error_class="server_error", status_code=503, retriable=True)
+    batch = task(fallbacks=("backup",))
+    params = batch.params.model_copy(update={"extra_json": '{"sluicegate": {"priority": "batch"}}'})
+    batch = batch.model_copy(update={"params": params, "pool": "batch"})
+    fallback = (await collect(failing(error, resilience=NO_RETRIES), batch))[-1]
+    assert fallback.event.deployment == "backup"
+    assert fallback.topic == "inference.batch" and fallback.event.pool == "batch"
+
+
 async def test_a_content_policy_refusal_is_not_retried_anywhere() -> None:
     error = BackendError("no", error_class="content_policy", status_code=400)
     emits = await collect(failing(error), task(fallbacks=("backup",)))

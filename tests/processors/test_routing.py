@@ -427,3 +427,40 @@ def test_needs_feed_the_router_end_to_end() -> None:
     tools = json.dumps([{"type": "function", "function": {"name": "f"}}])
     decision = r.route("chat", needs_of(received(tools_json=tools)), {}, NOW)
     assert decision.chain == ("tools",) and decision.skipped == {"plain": "no tools"}
+
+
+# -- priority classes (processors/priority.py) ----------------------------------------------------
+
+
+def test_needs_of_reads_the_priority() -> None:
+    assert needs_of(received()).priority == "interactive"
+    batch = needs_of(received(extra_json='{"sluicegate": {"priority": "batch"}}'))
+    assert batch.priority == "batch" and batch.override_strategy is None
+    both = needs_of(received(extra_json='{"sluicegate": {"priority": "interactive"}}'))
+    assert both.priority == "interactive"
+
+
+def test_needs_of_rejects_an_unknown_priority_with_the_known_ones() -> None:
+    with pytest.raises(RoutingError) as caught:
+        needs_of(received(extra_json='{"sluicegate": {"priority": "urgent"}}'))
+    assert (caught.value.code, caught.value.http_status) == ("invalid_override", 400)
+    assert caught.value.message == "unknown priority 'urgent'; known: ['batch', 'interactive']"
+
+
+def test_a_batch_request_goes_to_the_cheapest_capable_deployment() -> None:
+    r = router(
+        dep("fast", priority=-1, input_usd_per_mtok=5, output_usd_per_mtok=15),
+        dep("cheapest", input_usd_per_mtok=0.1, output_usd_per_mtok=0.2),
+        dep("cheap-no-tools", input_usd_per_mtok=0.01, output_usd_per_mtok=0.01),
+        dep("mid", input_usd_per_mtok=1, output_usd_per_mtok=2, capabilities=ALL_CAPS),
+    )
+    assert route(r).deployment == "fast"  # interactive: the alias's strategy (priority)
+    assert route(r, tools=False, priority="batch").chain[0] == "cheap-no-tools"
+    decision = route(r, priority="batch", tools=True)
+    assert decision.strategy == "cost" and decision.priority == "batch"
+    assert decision.chain == ("mid",)  # capability filters apply as usual
+    assert decision.reason.startswith("batch: cost: mid cheapest")
+    opened = route(r, {"cheap-no-tools": open_breaker("cheap-no-tools")}, priority="batch")
+    assert opened.chain[0] == "cheapest"  # and breakers
+    # The caller's own strategy still wins.
+    assert route(r, priority="batch", override_strategy="priority").chain[0] == "fast"

@@ -258,3 +258,46 @@ def test_a_live_ab_test_splits_users_stickily_and_is_judged_from_analytics(
     ]
     assert {row[0] for row in rows} == {"latency_ms", "pass_rate"}
     assert all(row[1] == "split@1" and row[2] == "split@2" for row in rows)
+
+
+def test_the_cli_replays_a_slice_into_a_report_and_keeps_an_interaction_as_a_case(
+    settings: Settings, bridge_url: str, tmp_path, capsys
+) -> None:
+    from sluicegate.cli import parser
+    from sluicegate.cli_evals import cmd_eval, cmd_replay
+    from sluicegate.processors.eval_datasets import load_dataset
+
+    since_ms = int(time.time() * 1000) - 1
+    reply = ask(bridge_url, "keep me", IMPROVE_FREE)
+    ask(bridge_url, "and me", IMPROVE_FREE)
+    request_id = reply.id.removeprefix("chatcmpl-")
+    reports = tmp_path / "reports"
+    matchers = ["--matcher", "exact", "--matcher", '{"type": "contains", "value": "echo"}']
+    args = parser().parse_args(
+        [
+            "replay",
+            f"--since={since_ms}",
+            "--tenant",
+            TENANT,
+            "--report-dir",
+            str(reports),
+            *matchers,
+        ]
+    )
+    assert cmd_replay(settings, args) == 0
+    out = capsys.readouterr().out
+    assert "2 cases, 0 without answer" in out and "exact" in out
+    (report,) = reports.glob("replay-*/report.md")
+    text = report.read_text()
+    assert "recorded" in text and "exact" in text and "contains" in text
+    assert list(report.parent.glob("*.png"))
+
+    dataset = tmp_path / "kept.yaml"
+    args = parser().parse_args(
+        ["eval", "keep", request_id, "--dataset", str(dataset), "--matcher", "exact"]
+    )
+    assert cmd_eval(settings, args) == 0
+    (case,) = load_dataset(dataset).cases
+    assert case.expected == "echo: keep me"
+    assert case.input.messages == [{"role": "user", "content": "keep me"}]
+    assert case.matchers == [{"type": "exact"}]

@@ -85,6 +85,14 @@ def test_the_example_in_docs_loads(tmp_path: Path) -> None:
     assert dataset.cases
 
 
+def test_the_shipped_example_datasets_load() -> None:
+    examples = Path(__file__).resolve().parents[2] / "examples" / "evals"
+    paths = sorted(examples.glob("*.yaml"))
+    assert paths
+    for path in paths:
+        assert load_dataset(path).cases
+
+
 def test_case_matchers_replace_defaults_by_name_and_add_the_rest(tmp_path: Path) -> None:
     dataset = load_dataset(_write(tmp_path, EXAMPLE))
 

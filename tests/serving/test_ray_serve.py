@@ -5,7 +5,9 @@ Tasks are published straight onto `sg.inference.default` (what admission would w
 answers counted on sg.responses: a killed replica's tasks are answered exactly once, and a
 backlog scales the pool from 1 to 2 replicas through the lag policy (the driver-side
 autoscaler), after which removing the
-pool drains it and commits everything. One Ray node serves the whole module (starting one costs
+pool drains it and commits everything. Last, the whole path through the bridge with the official
+openai client, a Faust worker and a replica running the local CPU model (SmolLM2 on llama.cpp).
+One Ray node serves the whole module (starting one costs
 ~5 s and ~1 GB).
 """
 
@@ -274,3 +276,77 @@ def test_a_backlog_scales_the_pool_up_and_removing_it_drains_and_commits(
         responses.close()
         if not removed:
             remove_pools(["default"])
+
+
+def test_replicas_with_the_local_cpu_model_answer_through_the_bridge(
+    ray_node: None, pool_settings: Settings, tmp_path: Path
+) -> None:
+    """The whole path with Ray Serve as the inference stage: the official openai client → the
+    bridge → the Faust worker → sg.inference.cpu → a Ray replica running SmolLM2 on llama.cpp
+    (the embedded default's CPU model) → back, plain and streamed."""
+    import openai
+
+    from sluicegate.serving.ray_serve import PoolServing, RayServeSettings, deploy, remove_pools
+    from sluicegate.settings import BridgeSettings
+    from tests.conftest import (
+        CALLER_TOKEN,
+        _spawn,
+        _stop,
+        _wait_for_group,
+        free_port,
+        publish_test_keys,
+        start_bridge,
+    )
+
+    local = Deployment(
+        name="local-smollm2",
+        backend="llamacpp",
+        provider_model="SmolLM2-135M-Instruct.Q4_1",
+        pool="cpu",
+    )
+    settings = pool_settings.model_copy(
+        update={
+            "deployments": [*pool_settings.deployments, local],
+            "models": [
+                *pool_settings.models,
+                ModelAlias(name="smollm2-135m", deployments=[local.name]),
+            ],
+            "bridge": BridgeSettings(port=free_port(), request_timeout_s=60),
+        }
+    )
+    ensure_topics(settings)
+    publish_test_keys(settings)
+    serving = RayServeSettings(pools={"cpu": PoolServing(autoscale=False, replicas=1)})
+    deploy(settings, serving, ["cpu"])
+    worker = _spawn("worker", settings, tmp_path / "worker.log")
+    bridge = None
+    try:
+        _wait_for_group(settings.worker.app_id, settings, worker, tmp_path / "worker.log")
+        bridge = start_bridge(settings, tmp_path / "bridge.log")
+        client = openai.OpenAI(
+            base_url=f"http://127.0.0.1:{settings.bridge.port}/v1",
+            api_key=CALLER_TOKEN,
+            max_retries=0,
+            timeout=60,
+        )
+        reply = client.chat.completions.create(
+            model="smollm2-135m",
+            messages=[{"role": "user", "content": "Say hello."}],
+            max_tokens=8,
+            temperature=0,
+        )
+        assert reply.choices[0].message.content and reply.usage.completion_tokens > 0
+        stream = client.chat.completions.create(
+            model="smollm2-135m",
+            messages=[{"role": "user", "content": "Count to three."}],
+            max_tokens=8,
+            temperature=0,
+            stream=True,
+        )
+        text = "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
+        assert text
+    finally:
+        if bridge is not None:
+            _stop(bridge)
+        _stop(worker)
+        remove_pools(["cpu"])

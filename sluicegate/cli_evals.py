@@ -134,6 +134,7 @@ def _compare(settings: Settings, args: argparse.Namespace, baseline: str, candid
         scorecard,
         title=f"{candidate} vs {baseline}",
         names=(baseline, candidate),
+        leaderboard=_report_leaderboard(settings, args),
     )
     print(f"report: {paths.markdown}")
     return 0
@@ -297,32 +298,28 @@ def cmd_replay(settings: Settings, args: argparse.Namespace) -> int:
         build_scorecard(baseline, candidate),
         title=f"Replay {spec.run_id}: {json.dumps(overrides.describe())}",
         names=("recorded", spec.run_id),
+        leaderboard=_report_leaderboard(settings, args),
     )
     print(f"report: {paths.markdown}")
     return 0
 
 
-def cmd_leaderboard(settings: Settings, args: argparse.Namespace) -> int:
+def leaderboard(settings: Settings, metric: str | None = None) -> Any:
+    """The leaderboard from ClickHouse's `v_leaderboard` (AnalyticsError when unreachable)."""
     from sluicegate.cli import _query
-    from sluicegate.errors import AnalyticsError
     from sluicegate.processors.scorecard import Leaderboard, LeaderboardEntry
 
     where = ""
-    if args.metric:
-        if not re.fullmatch(r"[A-Za-z0-9_.:-]+", args.metric):
-            print("leaderboard: a metric name is letters, digits and _.:-", file=sys.stderr)
-            return 1
-        where = f" WHERE metric = '{args.metric}'"
+    if metric:
+        if not _NAME.match(metric):
+            raise ValueError("a metric name is letters, digits and _.:-")
+        where = f" WHERE metric = '{metric}'"
     query = (
         "SELECT model, prompt_ref, metric, mean_score, pass_rate, usd_per_case, "
         f"p50_latency_ms, p95_latency_ms, cases FROM v_leaderboard{where}"
     )
-    try:
-        _columns, rows = _query(settings, query)
-    except AnalyticsError as error:
-        print(f"analytics: {error}", file=sys.stderr)
-        return 1
-    board = Leaderboard.from_entries(
+    _columns, rows = _query(settings, query)
+    return Leaderboard.from_entries(
         LeaderboardEntry(
             model=row[0],
             prompt_ref=row[1] or None,
@@ -336,6 +333,30 @@ def cmd_leaderboard(settings: Settings, args: argparse.Namespace) -> int:
         )
         for row in rows
     )
+
+
+def _report_leaderboard(settings: Settings, args: argparse.Namespace) -> Any:
+    """The leaderboard for a report when asked for (`--leaderboard`); a report is still
+    written when analytics cannot be reached."""
+    if not getattr(args, "leaderboard", False):
+        return None
+    from sluicegate.errors import AnalyticsError
+
+    try:
+        return leaderboard(settings)
+    except AnalyticsError as error:
+        print(f"report without leaderboard: {error}", file=sys.stderr)
+        return None
+
+
+def cmd_leaderboard(settings: Settings, args: argparse.Namespace) -> int:
+    from sluicegate.errors import AnalyticsError
+
+    try:
+        board = leaderboard(settings, args.metric)
+    except (AnalyticsError, ValueError) as error:
+        print(f"leaderboard: {error}", file=sys.stderr)
+        return 1
     print("metric\tmodel\tprompt\tmean_score\tpass_rate\tusd/case\tp50_ms\tp95_ms\tcases")
     for e in board.entries:
         p50 = "-" if e.p50_latency_ms is None else f"{e.p50_latency_ms:.1f}"
@@ -436,10 +457,16 @@ def add_parsers(sub: Any) -> dict[str, Any]:
     run.add_argument("--temperature", type=float, default=0.0)
     run.add_argument("--seed", type=int, default=None)
     run.add_argument("--report-dir", help="default: evals.reports_dir")
+    run.add_argument(
+        "--leaderboard", action="store_true", help="add the leaderboard (ClickHouse) to the report"
+    )
     compare = evals_sub.add_parser("compare", help="per-case diff and deltas of two runs")
     compare.add_argument("baseline")
     compare.add_argument("candidate")
     compare.add_argument("--report-dir", help="default: evals.reports_dir")
+    compare.add_argument(
+        "--leaderboard", action="store_true", help="add the leaderboard (ClickHouse) to the report"
+    )
     keep = evals_sub.add_parser("keep", help="keep a recorded interaction as a test case")
     keep.add_argument("request_id")
     keep.add_argument("--dataset", required=True, help="dataset YAML to append to (created)")
@@ -475,6 +502,9 @@ def add_parsers(sub: Any) -> dict[str, Any]:
     replay.add_argument("--judge", action="append", help="LLM-judge criterion (repeatable)")
     replay.add_argument("--run-id")
     replay.add_argument("--report-dir", help="default: evals.reports_dir")
+    replay.add_argument(
+        "--leaderboard", action="store_true", help="add the leaderboard (ClickHouse) to the report"
+    )
 
     ab = sub.add_parser("ab", help="a live A/B test of prompt variants, with significance")
     ab.add_argument("experiment", help="name in prompts.experiments")

@@ -200,7 +200,7 @@ def test_a_live_ab_test_splits_users_stickily_and_is_judged_from_analytics(
     settings: Settings, bridge_url: str, tmp_path_factory: pytest.TempPathFactory, capsys
 ) -> None:
     from sluicegate.cli import parser
-    from sluicegate.cli_evals import cmd_ab
+    from sluicegate.cli_evals import cmd_ab, cmd_leaderboard
     from sluicegate.settings import AnalyticsSettings
     from tests.e2e.test_analytics_sink import Sink, sql
 
@@ -250,6 +250,13 @@ def test_a_live_ab_test_splits_users_stickily_and_is_judged_from_analytics(
         capsys.readouterr()
         assert cmd_ab(sink_settings, parser().parse_args(["ab", "tone", "--since=-1h"])) == 0
         out = capsys.readouterr().out
+        # The earlier eval runs of this module reached the sink too: the leaderboard ranks them.
+        evals = "SELECT count() FROM eval_results FINAL WHERE model = 'gpt-fake'"
+        while sql(sink_settings, evals)[0][0] == 0:
+            assert time.monotonic() < deadline + 30, "no eval result reached the sink"
+            time.sleep(0.5)
+        assert cmd_leaderboard(sink_settings, parser().parse_args(["leaderboard"])) == 0
+        board = [line.split("\t") for line in capsys.readouterr().out.splitlines()[1:]]
     finally:
         sink.stop()
     assert "split@1:" in out and "split@2:" in out
@@ -258,6 +265,7 @@ def test_a_live_ab_test_splits_users_stickily_and_is_judged_from_analytics(
     ]
     assert {row[0] for row in rows} == {"latency_ms", "pass_rate"}
     assert all(row[1] == "split@1" and row[2] == "split@2" for row in rows)
+    assert {(row[0], row[1]) for row in board} >= {("exact", "gpt-fake"), ("contains", "gpt-fake")}
 
 
 def test_the_cli_replays_a_slice_into_a_report_and_keeps_an_interaction_as_a_case(

@@ -634,3 +634,10 @@ def test_the_dashboards_cover_every_exported_family() -> None:
                 )
     families = {sample.family for sample in SAMPLES.values()}
     assert families - used <= left_off, f"families on no dashboard: {sorted(families - used)}"
+
+
+def test_the_gpu_serving_service_configures_a_vllm_pool(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert SERVICES["serve-gpu"]["profiles"] == ["gpu"]  # never started without a GPU host
+    assert sluicegate_command("serve-gpu") == "serve"
+    pool = settings_of("serve-gpu", monkeypatch).ray.pools["gpu"]
+    assert pool.vllm is not None and pool.vllm.quantization == "awq" and pool.num_gpus == 0.5

@@ -311,6 +311,9 @@ def _bumped(semver: str, size: Bump) -> str:
 # -- the registry ------------------------------------------------------------------------------
 
 
+_VERSION_NUMBER = re.compile(r"[0-9]{1,9}")
+
+
 class PromptRegistry:
     """The folded prompt topic. Thread-safe: a view's thread applies records while the event
     loop resolves and renders (each prompt's state is replaced whole, never mutated)."""
@@ -377,7 +380,7 @@ class PromptRegistry:
         if not selector:
             holder = prompt.holders.get(DEFAULT_LABEL)
             return prompt.versions[holder] if holder is not None else prompt.latest
-        if selector.isdigit():
+        if _VERSION_NUMBER.fullmatch(selector):  # not str.isdigit: "²" is a digit to it
             found = prompt.versions.get(int(selector))
             if found is None:
                 raise PromptVersionNotFoundError(f"`{name}` has no version {selector}.")

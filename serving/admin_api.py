@@ -200,6 +200,9 @@ class _Route:
     audit: str | None  # the audited action; None: not an admin action (whoami)
     query: Query
     errors: frozenset[int]
+    also_ok: tuple[int, ...] = ()  # other success statuses, answered with the same model
+    params: Query = ()  # path parameter schemas besides `_PATH_PARAMS`
+    required_query: frozenset[str] = frozenset()
 
     @property
     def path_params(self) -> list[str]:
@@ -211,7 +214,9 @@ class _Route:
         return first + "".join(word.title() for word in rest)
 
 
-ROUTES: list[_Route] = []
+ROUTES: list[_Route] = []  # the admin routes (AdminApi); other APIs declare into their own list
+# The routes an application serves, as declared: what its `/openapi.json` describes.
+DESCRIBED = web.AppKey("sluicegate.described_routes", list[_Route])
 _M = TypeVar("_M", bound=BaseModel)
 _F = TypeVar("_F", bound=Callable[..., Awaitable[BaseModel]])
 
@@ -227,28 +232,44 @@ def _route(
     query: Query = (),
     also: tuple[int, ...] = (),
     audited: bool = True,
+    into: list[_Route] = ROUTES,
+    action: str | None = None,
+    also_ok: tuple[int, ...] = (),
+    params: Query = (),
+    required_query: tuple[str, ...] = (),
+    writes: bool | None = None,
 ) -> Callable[[_F], _F]:
-    """Declare a handler's route: the served route and its OpenAPI operation in one place.
-    The summary is the handler's docstring, the audited action `admin.<handler name>`. The
-    documented errors are derived (401, 403, 422 always; 404 with a path parameter; 400, 413,
-    415 with a body; 503 for a write) plus `also`."""
+    """Declare a handler's route: the served route and its OpenAPI operation in one place,
+    appended to `into` (the admin `ROUTES` unless another API keeps its own list). The summary
+    is the handler's docstring, the audited action `action` (default `admin.<handler name>`).
+    The documented errors are derived (401, 403, 422 always; 404 with a path parameter; 400,
+    413, 415 with a body; 503 for a write: by default any method but GET) plus `also`."""
 
     def declare(handler: _F) -> _F:
         errors = {401, 403, 422, *also}
         errors |= {404} if "{" in path else set()
         errors |= {400, 413, 415} if body is not None else set()
-        errors |= {503} if method != "GET" else set()
+        errors |= {503} if (method != "GET" if writes is None else writes) else set()
         summary = (handler.__doc__ or handler.__name__).strip().splitlines()[0]
-        ROUTES.append(
+        audit = (action or f"admin.{handler.__name__}") if audited else None
+        into.append(
             _Route(
                 method, PREFIX + path, handler.__name__, summary, response, status, body,
-                body_required, f"admin.{handler.__name__}" if audited else None, query,
-                frozenset(errors),
+                body_required, audit, query, frozenset(errors), also_ok, params,
+                frozenset(required_query),
             )
         )  # fmt: skip
         return handler
 
     return declare
+
+
+def describe_routes(app: web.Application, routes: Iterable[_Route]) -> None:
+    """Record routes an API serves from `app`, for the `/openapi.json` it serves (call it
+    from `add_routes`, before the application starts)."""
+    if DESCRIBED not in app:
+        app[DESCRIBED] = []
+    app[DESCRIBED].extend(routes)
 
 
 def _limits(body: Limits | None) -> IdentityLimits | None:
@@ -306,6 +327,7 @@ class AdminApi:
         """Serve the admin routes and `/openapi.json` from `app`."""
         for route in ROUTES:
             app.router.add_route(route.method, route.path, self._endpoint(route))
+        describe_routes(app, ROUTES)
         app.router.add_get("/openapi.json", self._openapi)
 
     # -- the envelope of every call ------------------------------------------------------------
@@ -724,14 +746,17 @@ class AdminApi:
 
     # -- OpenAPI -------------------------------------------------------------------------------
 
-    async def _openapi(self, _request: web.Request) -> web.Response:
-        return web.json_response(openapi())
+    async def _openapi(self, request: web.Request) -> web.Response:
+        """Every route served from this application (the admin's, the prompts', ...)."""
+        described = request.app.get(DESCRIBED)
+        return web.json_response(openapi(ROUTES if described is None else described))
 
 
-def openapi() -> dict[str, Any]:
+def openapi(routes: Iterable[_Route] = ROUTES) -> dict[str, Any]:
     """The OpenAPI 3.1 description, built from the declared routes and their body models."""
+    routes = list(routes)
     models: list[tuple[type[BaseModel], JsonSchemaMode]] = [(ErrorBody, "serialization")]
-    for route in ROUTES:
+    for route in routes:
         models.append((route.response, "serialization"))
         if route.body is not None:
             models.append((route.body, "validation"))
@@ -739,7 +764,7 @@ def openapi() -> dict[str, Any]:
         list(dict.fromkeys(models)), ref_template="#/components/schemas/{model}"
     )
     paths: dict[str, dict[str, Any]] = {}
-    for route in ROUTES:
+    for route in routes:
         paths.setdefault(route.path, {})[route.method.lower()] = _operation(route, refs)
     return {
         "openapi": "3.1.0",
@@ -762,10 +787,11 @@ def _operation(route: _Route, refs: Mapping[Any, Any]) -> dict[str, Any]:
         return {"application/json": {"schema": refs[(model, mode)]}}
 
     responses = {
-        str(route.status): {
+        str(status): {
             "description": "OK",
             "content": content(route.response, "serialization"),
         }
+        for status in (route.status, *route.also_ok)
     }
     for status in sorted(route.errors):
         description = _ERRORS[status][2]
@@ -778,11 +804,12 @@ def _operation(route: _Route, refs: Mapping[Any, Any]) -> dict[str, Any]:
         "summary": route.summary,
         "responses": responses,
     }
+    path_schemas = {**_PATH_PARAMS, **dict(route.params)}
     parameters = [
-        {"name": name, "in": "path", "required": True, "schema": _PATH_PARAMS[name]}
+        {"name": name, "in": "path", "required": True, "schema": path_schemas[name]}
         for name in route.path_params
     ] + [
-        {"name": name, "in": "query", "required": False, "schema": schema}
+        {"name": name, "in": "query", "required": name in route.required_query, "schema": schema}
         for name, schema in route.query
     ]
     if parameters:

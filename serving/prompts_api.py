@@ -21,38 +21,55 @@ number. Every call past authentication is audited (`AdminAudit`, action
 `admin.prompts.<route>`). Registry errors answer with their code: 404 `prompt_not_found`,
 `prompt_version_not_found`, `prompt_label_not_found`; 422 `prompt_invalid`; 400
 `prompt_variables_invalid`, `prompt_unsafe`, `prompt_too_large`; 409 `prompt_no_change`.
+
+The routes are declared like the admin API's (`_route` of serving/admin_api.py, into
+`PROMPT_ROUTES`): one declaration serves the route and describes it in the `/openapi.json` of
+the application it is added to, with the request and response models below.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
+import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Annotated, Any, Literal, Protocol, TypeVar
 
 from aiohttp import web
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    TypeAdapter,
+    ValidationError,
+)
 
 from sluicegate.errors import AuthError, BrokerError
 from sluicegate.processors.identity import IdentityRegistry, Principal, token_from_headers
 from sluicegate.processors.prompt_fewshot import Embedder, ExampleEmbeddings
 from sluicegate.processors.prompt_registry import (
+    LABEL,
+    NAME,
     PromptError,
     PromptRegistry,
     PromptSpec,
+    PromptVersion,
     RenderedPrompt,
     prompt_key,
     render,
 )
 from sluicegate.schemas.models import PromptVersionPublished
 from sluicegate.serving.admin_api import (
-    PREFIX,
     AdminAudit,
     AuditSink,
     Clock,
     Outcome,
+    _Route,
+    _route,
+    describe_routes,
     error_response,
     wall_clock_ms,
 )
@@ -95,23 +112,132 @@ class JournalPromptPublisher:
         await self._journal.publish(self._topic, prompt_key(event), self._serde.encode(event))
 
 
-class LabelBody(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    label: str
-    version: int = Field(ge=1)
+# -- request and response bodies (validated strictly: unknown fields and wrong types are 422s)
 
 
-class RollbackBody(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    label: str = "prod"
-    to: int | None = Field(default=None, ge=1)
+def _whole(value: Any) -> Any:
+    """JSON Schema counts 2.0 as an integer; strict pydantic would refuse it."""
+    return int(value) if isinstance(value, float) and value.is_integer() else value
 
 
-class RenderBody(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    ref: str | int | None = Field(default=None, description="version, semver or label")
+Version = Annotated[int, Field(ge=1, le=10**9), BeforeValidator(_whole)]
+LabelName = Annotated[str, StringConstraints(pattern=LABEL.pattern)]
+# A reference without the name: a version number, a semver or a label (digits bounded, so
+# they are numbers the registry can parse).
+REF_PATTERN = r"^(?:[0-9]{1,9}|[0-9]{1,9}\.[0-9]{1,9}\.[0-9]{1,9}|[A-Za-z][A-Za-z0-9_-]{0,63})$"
+Ref = Annotated[str, StringConstraints(pattern=REF_PATTERN)]
+_REF_SCHEMA = TypeAdapter(Ref).json_schema()
+_NAME_SCHEMA = TypeAdapter(Annotated[str, StringConstraints(pattern=NAME.pattern)]).json_schema()
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(strict=True, extra="forbid", frozen=True)
+
+
+class PromptPublish(PromptSpec):
+    """A prompt file's fields (docs/prompts.md); `author` is the caller's key, whatever the
+    body says."""
+
+    model_config = ConfigDict(strict=True, extra="forbid")
+
+    name: Annotated[str, StringConstraints(pattern=NAME.pattern)]
+    labels: list[LabelName] = Field(default_factory=list)
+
+
+class PromptLabelMove(_Body):
+    label: LabelName
+    version: Version
+
+
+class PromptRollback(_Body):
+    label: LabelName = "prod"
+    to: Version | None = Field(default=None, description="Default: the label's previous holder.")
+
+
+class PromptRenderCall(_Body):
+    ref: Ref | Version | None = Field(
+        default=None, description="Version, semver or label; default: what the bare name is."
+    )
     variables: dict[str, Any] = Field(default_factory=dict)
-    messages: list[dict[str, Any]] = Field(default_factory=list)
+    messages: list[dict[str, Any]] = Field(
+        default_factory=list, description="The caller's messages, placed as a request's are."
+    )
+
+
+class PromptVersionSummary(BaseModel):
+    name: str
+    version: int
+    semver: str
+    prompt_ref: str = Field(description="`name@version`")
+    kind: Literal["template", "system", "chat"]
+    model: str | None
+    labels: list[str] = Field(description="The labels this version holds now.")
+    author: str | None
+    change_note: str | None
+    published_at: str = Field(description="ISO 8601")
+
+    @classmethod
+    def of(cls, prompts: PromptRegistry, version: PromptVersion) -> PromptVersionSummary:
+        return cls.model_validate(version.describe(prompts.held(version), full=False))
+
+
+class PromptVersionView(PromptVersionSummary):
+    """A version in full."""
+
+    template: str | None = Field(description="Null for a chat prompt.")
+    messages: list[dict[str, str]] | None = Field(description="A chat prompt's composition.")
+    variables: dict[str, dict[str, Any]]
+    few_shot: dict[str, Any] | None
+    reasoning: dict[str, Any] | None
+    labels_moved_at: int
+
+    @classmethod
+    def of(cls, prompts: PromptRegistry, version: PromptVersion) -> PromptVersionView:
+        return cls.model_validate(version.describe(prompts.held(version)))
+
+
+class PromptSummary(BaseModel):
+    name: str
+    latest: PromptVersionSummary
+    labels: dict[str, int] = Field(description="Label → the version holding it.")
+
+
+class PromptList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[PromptSummary]
+
+
+class PromptView(BaseModel):
+    name: str
+    labels: dict[str, int] = Field(description="Label → the version holding it.")
+    versions: list[PromptVersionSummary] = Field(description="Newest first.")
+    resolved: PromptVersionView = Field(description="The version `ref` names, in full.")
+
+
+class PromptDiff(BaseModel):
+    name: str
+    a: str = Field(description="`a`, resolved: `name@version`")
+    b: str = Field(description="`b`, resolved: `name@version`")
+    diff: str = Field(description="A unified diff, field by field; empty when none differs.")
+
+
+class FewShotUse(BaseModel):
+    method: str
+    examples: int = Field(description="How many examples were placed.")
+    note: str | None
+
+
+class RenderedPromptView(BaseModel):
+    prompt_ref: str
+    version: int
+    semver: str
+    model: str | None
+    messages: list[dict[str, Any]]
+    few_shot: FewShotUse | None
+
+    @classmethod
+    def of(cls, rendered: RenderedPrompt) -> RenderedPromptView:
+        return cls.model_validate(rendered_json(rendered))
 
 
 class ApiError(Exception):
@@ -129,6 +255,7 @@ class _Call:
     principal: Principal
     resource: str = "prompts"
     detail: dict[str, Any] = field(default_factory=dict)
+    status: int | None = None  # another success status than the route's
 
     @property
     def tenant_id(self) -> str:
@@ -139,7 +266,34 @@ class _Call:
         return self.request.match_info["name"]
 
 
-Handler = Callable[[_Call], Awaitable[tuple[int, Any]]]
+Handler = Callable[[_Call], Awaitable[BaseModel]]
+PROMPT_ROUTES: list[_Route] = []
+_M = TypeVar("_M", bound=BaseModel)
+_F = TypeVar("_F", bound=Callable[..., Awaitable[BaseModel]])
+
+
+def _prompt_route(
+    method: str,
+    path: str,
+    action: str,
+    response: type[BaseModel],
+    status: int = 200,
+    body: type[BaseModel] | None = None,
+    **options: Any,
+) -> Callable[[_F], _F]:
+    """`_route` into `PROMPT_ROUTES`, under `/prompts`, audited as `admin.prompts.<action>`."""
+    params = (("name", _NAME_SCHEMA),) if "{name}" in path else ()
+    return _route(
+        method,
+        "/prompts" + path,
+        response,
+        status,
+        body,
+        into=PROMPT_ROUTES,
+        action=f"admin.prompts.{action}",
+        params=params,
+        **options,
+    )
 
 
 _OUTCOMES: dict[int, Outcome] = {
@@ -179,24 +333,17 @@ class PromptsApi:
         self._writes = asyncio.Lock()
 
     def add_routes(self, app: web.Application) -> None:
-        base = f"{PREFIX}/prompts"
-        routes: list[tuple[str, str, Handler, str]] = [
-            ("GET", base, self.list_prompts, "list"),
-            ("POST", base, self.publish, "publish"),
-            ("GET", base + "/{name}", self.get_prompt, "get"),
-            ("GET", base + "/{name}/diff", self.diff, "diff"),
-            ("POST", base + "/{name}/labels", self.label, "label"),
-            ("POST", base + "/{name}/rollback", self.rollback, "rollback"),
-            ("POST", base + "/{name}/render", self.render, "render"),
-        ]
-        for method, path, handler, action in routes:
-            app.router.add_route(method, path, self._endpoint(handler, f"admin.prompts.{action}"))
+        """Serve the prompt routes from `app`, described in the `/openapi.json` it serves."""
+        for route in PROMPT_ROUTES:
+            app.router.add_route(route.method, route.path, self._endpoint(route))
+        describe_routes(app, PROMPT_ROUTES)
 
     # -- the envelope of every call ------------------------------------------------------------
 
-    def _endpoint(
-        self, handler: Handler, action: str
-    ) -> Callable[[web.Request], Awaitable[web.Response]]:
+    def _endpoint(self, route: _Route) -> Callable[[web.Request], Awaitable[web.Response]]:
+        handler: Handler = getattr(self, route.handler)
+        action = route.audit or f"admin.prompts.{route.handler}"
+
         async def endpoint(request: web.Request) -> web.Response:
             try:
                 principal = await self._identity.authenticate_async(
@@ -206,8 +353,10 @@ class PromptsApi:
                 return error_response(error.status, str(error), code=error.code)
             call = _Call(request, principal)
             try:
-                status, body = await handler(call)
-                response = web.json_response(body, status=status)
+                _check_query(route, request)
+                body = await handler(call)
+                status = call.status or route.status
+                response = web.json_response(body.model_dump(mode="json"), status=status)
             except ApiError as error:
                 status = error.status
                 call.detail["error"] = error.code
@@ -253,7 +402,7 @@ class PromptsApi:
                 code="permission_denied",
             )
 
-    async def _body(self, call: _Call, model: type[BaseModel], *, required: bool = True) -> Any:
+    async def _body(self, call: _Call, model: type[_M], *, required: bool = True) -> _M:
         request = call.request
         try:
             raw = await request.read()
@@ -267,15 +416,12 @@ class PromptsApi:
             message = f"Content-Type must be application/json, got '{request.content_type}'."
             raise ApiError(415, message, code="unsupported_media_type")
         try:
-            data = json.loads(raw)
-        except ValueError as error:
-            raise ApiError(
-                400, f"The body is not valid JSON: {error}", code="invalid_json"
-            ) from None
-        try:
-            return model.model_validate(data)
+            return model.model_validate_json(raw, strict=True)
         except ValidationError as error:
             first = error.errors()[0]
+            if first["type"] == "json_invalid":
+                message = f"The body is not valid JSON: {first['msg']}"
+                raise ApiError(400, message, code="invalid_json") from None
             problems = "; ".join(
                 f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg']}" for e in error.errors()[:5]
             )
@@ -284,31 +430,27 @@ class PromptsApi:
                 422, f"Invalid body: {problems}", code="invalid_body", param=param
             ) from None
 
-    async def _publish(self, event: PromptVersionPublished) -> dict[str, Any]:
+    async def _publish(self, event: PromptVersionPublished) -> PromptVersionView:
         """Publish, then fold locally: a read right after this write sees it."""
         await self._publisher.publish(event)
-        version = self._prompts.apply(event)
-        return version.describe(self._prompts.held(version))
+        return PromptVersionView.of(self._prompts, self._prompts.apply(event))
 
     # -- reads ---------------------------------------------------------------------------------
 
-    async def list_prompts(self, call: _Call) -> tuple[int, Any]:
-        """The caller's prompts: latest version and labels of each."""
+    @_prompt_route("GET", "", "list", PromptList)
+    async def list_prompts(self, call: _Call) -> PromptList:
+        """The caller's prompts: latest version and labels of each"""
         self._require(call, PROMPTS_READ)
         tenant, data = call.tenant_id, []
         for name in self._prompts.names(tenant):
-            latest = self._prompts.latest(tenant, name)
-            data.append(
-                {
-                    "name": name,
-                    "latest": latest.describe(self._prompts.held(latest), full=False),
-                    "labels": self._prompts.labels(tenant, name),
-                }
-            )
-        return 200, {"object": "list", "data": data}
+            latest = PromptVersionSummary.of(self._prompts, self._prompts.latest(tenant, name))
+            labels = self._prompts.labels(tenant, name)
+            data.append(PromptSummary(name=name, latest=latest, labels=labels))
+        return PromptList(data=data)
 
-    async def get_prompt(self, call: _Call) -> tuple[int, Any]:
-        """One prompt: every version (newest first), its labels, and one version in full
+    @_prompt_route("GET", "/{name}", "get", PromptView, query=(("ref", _REF_SCHEMA),))
+    async def get_prompt(self, call: _Call) -> PromptView:
+        """One prompt: its versions (newest first), labels, and one version in full
         (`?ref=`: version, semver or label; default: what a bare name resolves to)."""
         self._require(call, PROMPTS_READ)
         call.resource = f"prompt:{call.name}"
@@ -316,33 +458,45 @@ class PromptsApi:
         versions = self._prompts.versions(tenant, name)
         ref = call.request.query.get("ref")
         resolved = self._prompts.resolve(tenant, f"{name}@{ref}" if ref else name)
-        return 200, {
-            "name": name,
-            "labels": self._prompts.labels(tenant, name),
-            "versions": [v.describe(self._prompts.held(v), full=False) for v in reversed(versions)],
-            "resolved": resolved.describe(self._prompts.held(resolved)),
-        }
+        return PromptView(
+            name=name,
+            labels=self._prompts.labels(tenant, name),
+            versions=[PromptVersionSummary.of(self._prompts, v) for v in reversed(versions)],
+            resolved=PromptVersionView.of(self._prompts, resolved),
+        )
 
-    async def diff(self, call: _Call) -> tuple[int, Any]:
+    @_prompt_route(
+        "GET",
+        "/{name}/diff",
+        "diff",
+        PromptDiff,
+        query=(("a", _REF_SCHEMA), ("b", _REF_SCHEMA)),
+        required_query=("a", "b"),
+    )
+    async def diff_prompt(self, call: _Call) -> PromptDiff:
+        """A unified diff, field by field, between two versions, semvers or labels"""
         self._require(call, PROMPTS_READ)
         call.resource = f"prompt:{call.name}"
         query = call.request.query
-        for param in ("a", "b"):
-            if not query.get(param):
-                raise ApiError(
-                    422, f"`{param}` (version, semver or label) is required.",
-                    code="invalid_query", param=param,
-                )  # fmt: skip
         text = self._prompts.diff(call.tenant_id, call.name, query["a"], query["b"])
         old = self._prompts.resolve(call.tenant_id, f"{call.name}@{query['a']}")
         new = self._prompts.resolve(call.tenant_id, f"{call.name}@{query['b']}")
-        return 200, {"name": call.name, "a": old.ref, "b": new.ref, "diff": text}
+        return PromptDiff(name=call.name, a=old.ref, b=new.ref, diff=text)
 
-    async def render(self, call: _Call) -> tuple[int, Any]:
-        """A dry run: the messages a request naming this prompt would send."""
+    @_prompt_route(
+        "POST",
+        "/{name}/render",
+        "render",
+        RenderedPromptView,
+        body=PromptRenderCall,
+        body_required=False,
+        writes=False,
+    )
+    async def render_prompt(self, call: _Call) -> RenderedPromptView:
+        """A dry run: the messages a request naming this prompt would send"""
         self._require(call, PROMPTS_READ)
         call.resource = f"prompt:{call.name}"
-        body: RenderBody = await self._body(call, RenderBody, required=False)
+        body = await self._body(call, PromptRenderCall, required=False)
         ref = call.name if body.ref in (None, "") else f"{call.name}@{body.ref}"
         rendered = render(
             self._prompts,
@@ -354,14 +508,17 @@ class PromptsApi:
             embeddings=self._embeddings,
         )
         call.detail["prompt_ref"] = rendered.prompt_ref
-        return 200, rendered_json(rendered)
+        return RenderedPromptView.of(rendered)
 
     # -- writes --------------------------------------------------------------------------------
 
-    async def publish(self, call: _Call) -> tuple[int, Any]:
-        """Create a prompt or publish its next version."""
+    @_prompt_route(
+        "POST", "", "publish", PromptVersionView, 201, PromptPublish, also=(409,), also_ok=(200,)
+    )
+    async def publish_prompt(self, call: _Call) -> PromptVersionView:
+        """Create a prompt (201) or publish its next version (200)"""
         self._require(call, PROMPTS_WRITE)
-        spec: PromptSpec = await self._body(call, PromptSpec)
+        spec = await self._body(call, PromptPublish)
         call.resource = f"prompt:{spec.name}"
         fields = spec.publish_fields()
         fields["author"] = call.principal.api_key_id  # who, as authenticated; not the body's
@@ -371,13 +528,17 @@ class PromptsApi:
             )
             described = await self._publish(event)
         call.detail.update(version=event.version, semver=event.semver, labels=event.labels)
-        return (201 if event.version == 1 else 200), described
+        call.status = 201 if event.version == 1 else 200
+        return described
 
-    async def label(self, call: _Call) -> tuple[int, Any]:
-        """Move a label to a version."""
+    @_prompt_route(
+        "POST", "/{name}/labels", "label", PromptVersionView, 200, PromptLabelMove, also=(409,)
+    )
+    async def label_prompt(self, call: _Call) -> PromptVersionView:
+        """Move a label to a version"""
         self._require(call, PROMPTS_WRITE)
         call.resource = f"prompt:{call.name}"
-        body: LabelBody = await self._body(call, LabelBody)
+        body = await self._body(call, PromptLabelMove)
         async with self._writes:
             event = self._prompts.label(
                 call.tenant_id,
@@ -389,13 +550,23 @@ class PromptsApi:
             )
             described = await self._publish(event)
         call.detail.update(label=body.label, version=body.version)
-        return 200, described
+        return described
 
-    async def rollback(self, call: _Call) -> tuple[int, Any]:
-        """Give a label back to its previous holder (or to `to`)."""
+    @_prompt_route(
+        "POST",
+        "/{name}/rollback",
+        "rollback",
+        PromptVersionView,
+        200,
+        PromptRollback,
+        body_required=False,
+        also=(409,),
+    )
+    async def rollback_prompt(self, call: _Call) -> PromptVersionView:
+        """Give a label back to its previous holder (or to `to`)"""
         self._require(call, PROMPTS_WRITE)
         call.resource = f"prompt:{call.name}"
-        body: RollbackBody = await self._body(call, RollbackBody, required=False)
+        body = await self._body(call, PromptRollback, required=False)
         async with self._writes:
             before = self._prompts.labels(call.tenant_id, call.name).get(body.label)
             event = self._prompts.rollback(
@@ -408,7 +579,30 @@ class PromptsApi:
             )
             described = await self._publish(event)
         call.detail.update(label=body.label, version=event.version, previous=before)
-        return 200, described
+        return described
+
+
+def _check_query(route: _Route, request: web.Request) -> None:
+    """The query against the route's declaration: no unknown parameter, the required ones
+    present, each value matching its pattern."""
+    query = request.query
+    unknown = sorted(set(query) - {name for name, _ in route.query})
+    if unknown:
+        raise ApiError(422, f"Unknown query parameters {unknown}.", code="invalid_query")
+    for name, schema in route.query:
+        value = query.get(name)
+        if value is None or (value == "" and name in route.required_query):
+            if name in route.required_query:
+                raise ApiError(
+                    422, f"`{name}` (version, semver or label) is required.",
+                    code="invalid_query", param=name,
+                )  # fmt: skip
+            continue
+        if "pattern" in schema and not re.fullmatch(schema["pattern"], value):
+            raise ApiError(
+                422, f"`{name}` is not a version, semver or label.",
+                code="invalid_query", param=name,
+            )  # fmt: skip
 
 
 def rendered_json(rendered: RenderedPrompt) -> dict[str, Any]:

@@ -466,3 +466,11 @@ def test_prompt_spec_is_the_yaml_shape() -> None:
     assert event.labels == ["prod"] and event.kind == "template"
     with pytest.raises(ValueError):
         PromptSpec.model_validate({"name": "x", "tempalte": "typo"})
+
+
+@pytest.mark.parametrize("selector", ["²", "1" * 5000, "\u0661"])
+def test_a_reference_that_only_looks_numeric_is_a_label_not_a_crash(selector: str) -> None:
+    registry = PromptRegistry()
+    registry.apply(registry.publish("acme", "greet", template="hi"))
+    with pytest.raises(PromptLabelNotFoundError):
+        registry.resolve("acme", f"greet@{selector}")

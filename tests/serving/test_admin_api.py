@@ -1,12 +1,13 @@
 """The admin API: authentication and role checks on every route, tenant isolation, the key
 lifecycle (create, rotate, revoke), model access, policies, bad input, and a schemathesis run
-over the served OpenAPI description."""
+over the served OpenAPI description (which covers the prompt routes mounted next to it)."""
 
 from __future__ import annotations
 
 import asyncio
 import re
 import threading
+import zlib
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 
@@ -27,8 +28,15 @@ from sluicegate.processors.identity import (
     identity_envelope,
     issue_key,
 )
-from sluicegate.schemas.models import ApiKeyRecord, PolicyRecord, TenantRecord
+from sluicegate.processors.prompt_registry import PromptRegistry
+from sluicegate.schemas.models import (
+    ApiKeyRecord,
+    PolicyRecord,
+    PromptVersionPublished,
+    TenantRecord,
+)
 from sluicegate.serving.admin_api import ROUTES, AdminAudit, build_admin_app, openapi
+from sluicegate.serving.prompts_api import PROMPT_ROUTES, PromptsApi
 from sluicegate.settings import AuthSettings, Settings
 
 pytestmark = pytest.mark.unit
@@ -60,6 +68,14 @@ class FakePublisher:
         self.records.append(record)
 
 
+class FakePromptPublisher:
+    def __init__(self) -> None:
+        self.events: list[PromptVersionPublished] = []
+
+    async def publish(self, event: PromptVersionPublished) -> None:
+        self.events.append(event)
+
+
 @dataclass
 class World:
     registry: IdentityRegistry
@@ -69,6 +85,8 @@ class World:
     key_ids: dict[str, str]
     audit: list[AdminAudit] = field(default_factory=list)
     now: list[int] = field(default_factory=lambda: [NOW])
+    prompts: PromptRegistry = field(default_factory=PromptRegistry)
+    prompt_publisher: FakePromptPublisher = field(default_factory=FakePromptPublisher)
 
     def auth(self, who: str) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.tokens[who]}"}
@@ -116,6 +134,13 @@ def make_world() -> World:
         audit=audit,
         model_names=lambda: MODELS,
     )
+    PromptsApi(  # served next to the admin routes, as by the bridge
+        identity=registry,
+        prompts=world.prompts,
+        publisher=world.prompt_publisher,
+        clock=lambda: world.now[0],
+        audit=audit,
+    ).add_routes(world.app)
     return world
 
 
@@ -147,6 +172,8 @@ async def test_the_openapi_description_is_served_and_covers_every_route(
     }
     described = {(m.upper(), path) for path, ops in spec["paths"].items() for m in ops}
     assert served == described
+    assert {(r.method, r.path) for r in PROMPT_ROUTES} < described
+    assert ("POST", "/admin/v1/prompts") in described
     for path, operations in spec["paths"].items():
         for operation in operations.values():
             assert {"401", "403"} <= set(operation["responses"]), path
@@ -559,19 +586,44 @@ class ThreadedServer:
 @pytest.fixture(scope="module")
 def fuzzed() -> Iterator[tuple[World, ThreadedServer]]:
     world = make_world()
+    _seed_prompt(world)
     with ThreadedServer(world.app) as server:
         yield world, server
 
 
-schema = schemathesis.openapi.from_dict(openapi())
+schema = schemathesis.openapi.from_dict(openapi([*ROUTES, *PROMPT_ROUTES]))
 # A policy document is a YAML *mapping*, which JSON Schema cannot say of a string: a valid
 # string that is not one is refused with 422, so "valid data is accepted" does not hold there.
-SEMANTIC_422 = {"PUT /admin/v1/policies/{tenant_id}"}
+# Likewise a prompt's templates must parse and use only declared variables, and a render's
+# variables must match the prompt's declarations (400).
+SEMANTIC_422 = {
+    "PUT /admin/v1/policies/{tenant_id}",
+    "POST /admin/v1/prompts",
+    "POST /admin/v1/prompts/{name}/render",
+}
+PROMPT = "support"
+REFS = ["1", "2", "prod", "1.0.0", "1.1.0"]
+
+
+def _seed_prompt(world: World) -> None:
+    """The operator's tenant holds a prompt with two versions, so labels, rollbacks, diffs
+    and renders have something to act on."""
+    for template in ("Answer {{ question }}.", "Please answer {{ question }}."):
+        event = world.prompts.publish(
+            "ops",
+            PROMPT,
+            template=template,
+            variables={"question": {"type": "string", "required": False}},
+            labels=["prod"],
+            now_ms=NOW,
+        )
+        world.prompts.apply(event)
 
 
 def _aim_at_real_objects(case: schemathesis.Case, world: World) -> None:
-    """Random 12-character key ids and tenant ids almost never exist, so a schema-valid path
-    gets a fresh real key or `acme` half of the time: the handlers past the 404 get fuzzed."""
+    """Random 12-character key ids, tenant ids and prompt names almost never exist, so a
+    schema-valid path gets a fresh real key, `acme` or the seeded prompt half of the time: the
+    handlers past the 404 get fuzzed."""
     if case.meta is None or case.meta.is_negative_at(ParameterLocation.PATH):
         return
     params = case.path_parameters or {}
@@ -595,6 +647,31 @@ def _aim_at_real_objects(case: schemathesis.Case, world: World) -> None:
         params["tenant_id"] = "acme"
 
 
+def _aim_at_the_prompt(case: schemathesis.Case) -> None:
+    """Random prompt names, references and contents almost never exist or check, so most
+    schema-valid prompt calls are aimed at the seeded prompt: its name in the path, one of its
+    references in the query, and (one time in four) a render's variables or a publish's
+    content made valid, so the answers past the registry's refusals get checked too."""
+    if case.meta is None or not case.operation.path.startswith("/admin/v1/prompts"):
+        return
+    coin = zlib.crc32(repr((case.path_parameters, case.query, case.body)).encode())
+    params = case.path_parameters or {}
+    if "name" in params and coin % 4 and not case.meta.is_negative_at(ParameterLocation.PATH):
+        params["name"] = PROMPT
+    if case.query and coin % 3 and not case.meta.is_negative_at(ParameterLocation.QUERY):
+        for name in set(case.query) & {"ref", "a", "b"}:
+            case.query[name] = REFS[(coin >> 4) % len(REFS)]
+            coin //= len(REFS)
+    body = case.body
+    if not isinstance(body, dict) or coin % 4 or case.meta.is_negative_at(ParameterLocation.BODY):
+        return
+    if case.operation.label == "POST /admin/v1/prompts/{name}/render":
+        body.update(variables={"question": "why"}, ref=REFS[(coin >> 4) % len(REFS)])
+    if case.operation.label == "POST /admin/v1/prompts":
+        body.update(kind="template", template="Hi {{ who }}", variables={"who": {"type": "string"}})
+        body.update(messages=None, few_shot=None, reasoning=None)
+
+
 @schema.parametrize()
 @hypothesis.settings(
     max_examples=25,
@@ -607,6 +684,7 @@ def test_schemathesis_finds_no_server_error_and_no_spec_drift(
 ) -> None:
     world, server = fuzzed
     _aim_at_real_objects(case, world)
+    _aim_at_the_prompt(case)
     excluded = [positive_data_acceptance] if case.operation.label in SEMANTIC_422 else []
     response = case.call(base_url=server.url, headers=world.auth("operator"))
     assert response.status_code < 500, response.text

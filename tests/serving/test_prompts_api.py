@@ -174,6 +174,7 @@ async def test_labels_rollback_and_render(client: TestClient, world: World) -> N
 
 
 NO_CHANGE, BAD_VARS = "prompt_no_change", "prompt_variables_invalid"
+BAD_BODY, LABELS = "invalid_body", f"{BASE}/support/labels"
 
 
 @pytest.mark.parametrize(
@@ -194,6 +195,16 @@ NO_CHANGE, BAD_VARS = "prompt_no_change", "prompt_variables_invalid"
         ("dev", "POST", f"{BASE}/support/rollback", {}, 404, "prompt_version_not_found"),
         ("dev", "POST", f"{BASE}/support/render", {"variables": {}}, 400, BAD_VARS),
         ("dev", "POST", f"{BASE}/support/render", {"variables": {"q": "q"}}, 400, BAD_VARS),
+        # references the registry cannot parse are refused before it sees them (were 500s)
+        ("dev", "GET", f"{BASE}/support?ref=%C2%B2", None, 422, "invalid_query"),
+        ("dev", "GET", f"{BASE}/support?ref={'9' * 5000}", None, 422, "invalid_query"),
+        ("dev", "GET", f"{BASE}/support/diff?a=1&b=%C2%B2", None, 422, "invalid_query"),
+        ("dev", "POST", f"{BASE}/support/render", {"ref": "\u00b2"}, 422, "invalid_body"),
+        ("dev", "GET", f"{BASE}/support?ref=", None, 422, "invalid_query"),
+        ("dev", "GET", f"{BASE}?colour=red", None, 422, "invalid_query"),
+        ("dev", "POST", LABELS, {"label": "x", "version": "1"}, 422, BAD_BODY),
+        ("dev", "POST", LABELS, {"label": "1x", "version": 1}, 422, BAD_BODY),
+        ("dev", "POST", BASE, {**SUPPORT, "name": "../x"}, 422, BAD_BODY),
     ],
 )  # fmt: skip
 async def test_every_refusal_is_a_4xx_with_its_code(
@@ -224,6 +235,12 @@ async def test_without_a_key_and_with_bad_bodies(client: TestClient, world: Worl
         BASE, data=b"name: x", headers={**world.auth("dev"), "Content-Type": "text/yaml"}
     )
     assert response.status == 415
+    response = await client.post(
+        BASE,
+        data=b'{"name": "x", "template": "\\ud800"}',
+        headers={**world.auth("dev"), "Content-Type": "application/json"},
+    )
+    assert response.status == 400 and (await response.json())["error"]["code"] == "invalid_json"
 
 
 async def test_a_failed_publish_changes_nothing(client: TestClient, world: World) -> None:

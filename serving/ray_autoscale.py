@@ -196,8 +196,8 @@ class DriverAutoscaler:
     each pool's lag and applies the decision with `apply(pool, replicas)` (a redeploy with a new
     `num_replicas`, which Ray Serve applies in place). The default mode: in our tests Ray Serve
     2.60 called the class policy on every tick but did not apply its decisions (see
-    docs/serving.md). Replicas' in-flight counts are not seen from here; lag alone includes
-    them (offsets are committed only once a task is answered)."""
+    docs/serving.md). The replicas' in-flight counts come from `in_flight(pool)` (the pool's
+    in-flight board, serving/ray_serve.py), as Ray would pass them to the same policy."""
 
     def __init__(
         self,
@@ -205,8 +205,10 @@ class DriverAutoscaler:
         policies: Mapping[str, KafkaLagPolicy],
         initial: Mapping[str, int],
         apply: Callable[[str, int], None],
+        in_flight: Callable[[str], Mapping[str, float]] | None = None,
     ) -> None:
         self._policies = dict(policies)
+        self._in_flight = in_flight
         self._sizes = {pool: initial[pool] for pool in self._policies}  # what was last applied
         self._apply = apply
         self._state: dict[str, dict[str, Any]] = {pool: {} for pool in self._policies}
@@ -217,6 +219,8 @@ class DriverAutoscaler:
         for pool, policy in self._policies.items():
             replicas = self._sizes[pool]
             context = _Context(target_num_replicas=replicas, policy_state=self._state[pool])
+            if self._in_flight is not None:
+                context.aggregated_metrics = {IN_FLIGHT: dict(self._in_flight(pool))}
             wanted, self._state[pool] = policy(context)
             if wanted != replicas:
                 self._apply(pool, wanted)

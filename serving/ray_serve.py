@@ -30,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+import time
 from collections.abc import AsyncIterator, Iterable, Mapping
 from dataclasses import asdict
 from typing import Any, Literal
@@ -137,7 +138,9 @@ def pool_backends(
 ) -> dict[str, InferenceBackend]:
     """Backends for the deployments of `pool` (a replica runs no other pool's tasks): the
     pool's vLLM engine when it has one, else the catalogue's adapter."""
-    deployments = [d for d in settings.deployments if d.pool == pool]
+    # The batch lane's tasks name any deployment (the cheapest capable one of their alias).
+    lane = pool == settings.batch.pool
+    deployments = [d for d in settings.deployments if lane or d.pool == pool]
     if not deployments:
         raise ConfigurationError(f"no deployment of the catalogue is in pool {pool!r}")
     return {d.name: CountedBackend(_backend(d, serving), in_flight) for d in deployments}
@@ -147,6 +150,56 @@ def _backend(deployment: Deployment, serving: PoolServing) -> InferenceBackend:
     if serving.vllm is not None:
         return VllmBackend(deployment=deployment, engine_settings=serving.vllm)
     return build_backend(deployment)
+
+
+class InFlightBoard:
+    """Where a pool's replicas post their in-flight task counts for the driver-side autoscaler
+    (a Ray actor named `board_name(pool)`, created by `deploy_pool`). Ray Serve's own metrics
+    path reaches only a policy run inside Serve's controller; the driver reads this instead.
+    A replica that stopped reporting (killed, drained) drops out after `max_age_s`."""
+
+    def __init__(self) -> None:
+        self._seen: dict[str, tuple[int, float]] = {}
+
+    def report(self, replica: str, count: int) -> None:
+        self._seen[replica] = (count, time.time())
+
+    def counts(self, max_age_s: float) -> dict[str, int]:
+        now = time.time()
+        return {r: count for r, (count, at) in self._seen.items() if now - at <= max_age_s}
+
+
+def board_name(pool: str) -> str:
+    return f"{APP_PREFIX}in-flight-{pool}"
+
+
+def _board(pool: str, namespace: str, *, create: bool) -> Any:
+    import ray
+
+    if create:
+        return (
+            ray.remote(num_cpus=0)(InFlightBoard)
+            # Detached: a named actor dies with its last handle, and the driver keeps none.
+            .options(
+                name=board_name(pool),
+                namespace=namespace,
+                get_if_exists=True,
+                lifetime="detached",
+            )
+            .remote()
+        )
+    return ray.get_actor(board_name(pool), namespace=namespace)
+
+
+def in_flight_of(pool: str, namespace: str, max_age_s: float) -> dict[str, int]:
+    """The pool's replicas' in-flight counts reported within `max_age_s` ({} without a board)."""
+    import ray
+
+    try:
+        board = _board(pool, namespace, create=False)
+    except ValueError:  # no board: the pool is not deployed
+        return {}
+    return ray.get(board.counts.remote(max_age_s), timeout=5)
 
 
 class InferenceReplica:
@@ -174,6 +227,9 @@ class InferenceReplica:
         self._thread = threading.Thread(target=self._run, name=f"inference-{pool}", daemon=True)
         self._thread.start()
         self._started.wait(10)
+        self._namespace, self._report_s = serving.namespace, serving.lag_interval_s
+        reporter = threading.Thread(target=self._report, name=f"in-flight-{pool}", daemon=True)
+        reporter.start()
 
     def record_autoscaling_stats(self) -> dict[str, float]:
         """Ray Serve's custom metrics hook: read by KafkaLagPolicy as `in_flight`."""
@@ -200,6 +256,23 @@ class InferenceReplica:
                 pass
         self._thread.join(self._drain_s)
         log.info("replica of pool %s drained", self._pool)
+
+    def _report(self) -> None:
+        """Post the in-flight count to the pool's board every `lag_interval_s` (fire and
+        forget: a missing board or a lost post only leaves the driver with lag alone)."""
+        import uuid
+
+        me, board, warned = f"{self._pool}-{uuid.uuid4().hex[:8]}", None, False
+        while not self._stopping:
+            try:
+                board = board or _board(self._pool, self._namespace, create=False)
+                board.report.remote(me, self._in_flight.count)
+            except Exception as error:  # the board is gone (driver restarted): look it up again
+                if board is not None or not warned:
+                    log.warning("pool %s: in-flight board unreachable: %r", self._pool, error)
+                    warned = True
+                board = None
+            time.sleep(self._report_s)
 
     def _run(self) -> None:
         try:
@@ -264,6 +337,7 @@ def deploy_pool(
     from ray import serve
 
     options = deployment_options(settings, serving, pool, replicas)
+    _board(pool, serving.namespace, create=True)  # before the replicas look it up
     deployment = serve.deployment(InferenceReplica, **options)
     return serve.run(
         deployment.bind(settings, pool, serving), name=app_name(pool), route_prefix=None
@@ -273,7 +347,7 @@ def deploy_pool(
 def deploy(settings: Settings, serving: RayServeSettings, pools: Iterable[str]) -> dict[str, Any]:
     """Deploy every pool named; unknown pools are refused before anything is deployed."""
     wanted = list(dict.fromkeys(pools))
-    unknown = sorted(set(wanted) - set(settings.pools))
+    unknown = sorted(set(wanted) - {*settings.pools, settings.batch.pool})
     if unknown:
         raise ConfigurationError(f"no deployment of the catalogue is in pool(s) {unknown}")
     return {pool: deploy_pool(settings, serving, pool) for pool in wanted}
@@ -281,10 +355,17 @@ def deploy(settings: Settings, serving: RayServeSettings, pools: Iterable[str]) 
 
 def remove_pools(pools: Iterable[str]) -> None:
     """Remove pools' applications; their replicas drain as on scale-down."""
+    import ray
     from ray import serve
 
     for pool in pools:
         serve.delete(app_name(pool))
+        for namespace in {
+            a["namespace"]
+            for a in ray.util.list_named_actors(all_namespaces=True)
+            if a["name"] == board_name(pool)
+        }:
+            ray.kill(ray.get_actor(board_name(pool), namespace=namespace))
 
 
 def connect(serving: RayServeSettings) -> None:
@@ -345,6 +426,7 @@ def driver_autoscaler(settings: Settings, serving: RayServeSettings, pools: Iter
         policies=policies,
         initial={pool: max(serving.pool(pool).min_replicas, 1) for pool in scaled},
         apply=lambda pool, n: deploy_pool(settings, serving, pool, replicas=n),
+        in_flight=lambda pool: in_flight_of(pool, serving.namespace, 3 * serving.lag_interval_s),
     )
 
 

@@ -42,7 +42,9 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
     serving = settings.ray
     if args.address:
         serving = serving.model_copy(update={"address": args.address})
-    pools = args.pools or settings.pools
+    # Every deployment pool and the batch lane, as `sluicegate inference` consumes them.
+    lane = [settings.batch.pool] if settings.batch.consume else []
+    pools = args.pools or [*settings.pools, *lane]
     ensure_topics(settings)
     ray_serve.connect(serving)
     stop = threading.Event()

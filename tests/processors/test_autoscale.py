@@ -98,3 +98,23 @@ def test_a_size_outside_new_bounds_moves_into_them_without_cooldown() -> None:
 def test_inconsistent_policies_are_refused(fields: dict[str, float]) -> None:
     with pytest.raises(ValueError):
         ScalePolicy(**fields)
+
+
+def test_the_driver_loop_hands_the_replicas_in_flight_counts_to_the_policy() -> None:
+    from sluicegate.serving.ray_autoscale import DriverAutoscaler, in_flight_counts
+
+    seen: list[list[int]] = []
+
+    def policy(ctx):  # the KafkaLagPolicy call shape: (context) -> (replicas, state)
+        seen.append(in_flight_counts(ctx.aggregated_metrics))
+        return ctx.target_num_replicas + 1, {}
+
+    applied: list[tuple[str, int]] = []
+    autoscaler = DriverAutoscaler(
+        policies={"gpu": policy},  # type: ignore[dict-item]
+        initial={"gpu": 1},
+        apply=lambda pool, n: applied.append((pool, n)),
+        in_flight=lambda pool: {"gpu-a": 7.0, "gpu-b": 2.0},
+    )
+    assert autoscaler.tick() == {"gpu": 2}
+    assert sorted(seen[0]) == [2, 7] and applied == [("gpu", 2)]

@@ -221,6 +221,7 @@ def test_a_backlog_scales_the_pool_up_and_removing_it_drains_and_commits(
         RayServeSettings,
         deploy,
         driver_autoscaler,
+        in_flight_of,
         pool_group,
         remove_pools,
         replica_counts,
@@ -251,6 +252,12 @@ def test_a_backlog_scales_the_pool_up_and_removing_it_drains_and_commits(
         assert replica_counts(["default"]) == {"default": 1}
         ids = publish_tasks(pool_settings, 80, stream=False)  # ~10 s for one replica alone
         wait_until(lambda: replica_counts(["default"])["default"] == 2, 30, "a second replica")
+        # Both replicas post their in-flight counts for the driver-side policy.
+        wait_until(
+            lambda: len(in_flight_of("default", serving.namespace, 2.0)) == 2,
+            15,
+            "in-flight reports of both replicas",
+        )
         responses.wait_for(ids, timeout_s=60)
 
         stop.set()
@@ -283,7 +290,8 @@ def test_replicas_with_the_local_cpu_model_answer_through_the_bridge(
 ) -> None:
     """The whole path with Ray Serve as the inference stage: the official openai client → the
     bridge → the Faust worker → sg.inference.cpu → a Ray replica running SmolLM2 on llama.cpp
-    (the embedded default's CPU model) → back, plain and streamed."""
+    (the embedded default's CPU model) → back, plain and streamed; and, in the same cluster,
+    the upstream's pool and the batch lane."""
     import openai
 
     from sluicegate.serving.ray_serve import PoolServing, RayServeSettings, deploy, remove_pools
@@ -316,8 +324,12 @@ def test_replicas_with_the_local_cpu_model_answer_through_the_bridge(
     )
     ensure_topics(settings)
     publish_test_keys(settings)
-    serving = RayServeSettings(pools={"cpu": PoolServing(autoscale=False, replicas=1)})
-    deploy(settings, serving, ["cpu"])
+    # Several pools in one cluster, each with its own resources: the local model's pool, the
+    # upstream's pool and the batch lane (its tasks may name any deployment).
+    pools = ["cpu", "default", settings.batch.pool]
+    one = PoolServing(autoscale=False, replicas=1, num_cpus=0.25)
+    serving = RayServeSettings(pools=dict.fromkeys(pools, one))
+    deploy(settings, serving, pools)
     worker = _spawn("worker", settings, tmp_path / "worker.log")
     bridge = None
     try:
@@ -345,8 +357,18 @@ def test_replicas_with_the_local_cpu_model_answer_through_the_bridge(
         )
         text = "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
         assert text
+        other_pool = client.chat.completions.create(
+            model="gpt-fake", messages=[{"role": "user", "content": "pool default"}]
+        )
+        assert other_pool.choices[0].message.content == "echo: pool default"
+        batch = client.chat.completions.create(
+            model="gpt-fake",
+            messages=[{"role": "user", "content": "the batch lane"}],
+            extra_headers={"X-Sluicegate-Priority": "batch"},
+        )
+        assert batch.choices[0].message.content == "echo: the batch lane"
     finally:
         if bridge is not None:
             _stop(bridge)
         _stop(worker)
-        remove_pools(["cpu"])
+        remove_pools(pools)

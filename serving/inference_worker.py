@@ -40,7 +40,7 @@ from collections import OrderedDict, deque
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 
-from confluent_kafka import Consumer, KafkaError, Message, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
 from sluicegate.connectors.inference import build_backend
 from sluicegate.connectors.ports import InferenceBackend
@@ -101,14 +101,22 @@ class OffsetTracker:
 
     def finish(self, topic: str, partition: int, offset: int) -> int | None:
         """The offset to commit now for this partition, or None if nothing advanced."""
+        commit = self.commit_after(topic, partition, offset)
+        running = self._running.get((topic, partition))
+        if running is not None:
+            running.discard(offset)
+        return commit
+
+    def commit_after(self, topic: str, partition: int, offset: int) -> int | None:
+        """What `finish` will return for this offset, without finishing it: the worker stores
+        the offset first, so a rebalance never sees a task done whose offset is not stored."""
         running = self._running.get((topic, partition))
         if running is None or offset not in running:
             return None  # revoked meanwhile
-        oldest = min(running)
-        running.discard(offset)
-        if offset != oldest:
+        if offset != min(running):
             return None
-        return min(running) if running else self._next[(topic, partition)]
+        later = [o for o in running if o != offset]
+        return min(later) if later else self._next[(topic, partition)]
 
     def running(self, partitions: list[TopicPartition]) -> bool:
         """Whether any task of these partitions is still running."""
@@ -260,6 +268,7 @@ class InferenceWorker:
         self._pause_batch = False
         self._batch_paused = False
         self._reassigned = False
+        self._revoked = False  # set by _on_revoke, read by _fetch (both on the fetcher thread)
         self._answered = AnsweredRequests(
             bootstrap_servers=settings.kafka.bootstrap_servers,
             topic=settings.topic("responses"),
@@ -415,12 +424,21 @@ class InferenceWorker:
         if topics is not None:  # subscribe from the consumer's own thread
             self._consumer.subscribe(topics, on_assign=self._on_assign, on_revoke=self._on_revoke)
         self._pause_lane()
-        return fetch_ready(
+        ready = fetch_ready(
             self._consumer,
             wait_s=0.2,
             max_records=max(FETCH_RECORDS, self._settings.batch.fetch_batch),
             who="inference consumer",
         )
+        if self._revoked:
+            # A rebalance ran inside this fetch: records poll() returned before it may belong
+            # to partitions another member now reads from their committed offsets. Running
+            # them here too would answer twice; dropping them loses nothing (a partition that
+            # came back to us restarts at its committed offset as well).
+            self._revoked = False
+            assigned = {(tp.topic, tp.partition) for tp in self._consumer.assignment()}
+            ready = [m for m in ready if (m.topic(), m.partition()) in assigned]
+        return ready
 
     def _pause_lane(self) -> None:
         """Pause or resume the batch lane's partitions as `_steer` last wanted, on the fetcher
@@ -442,7 +460,12 @@ class InferenceWorker:
         by REVOKE_WAIT_S): their answers are then on sg.responses and their offsets stored, so
         the new owner skips them instead of answering a second time. Their queued batch tasks
         are dropped first (never started, so never stored: the new owner runs them). Runs on
-        the fetcher thread inside poll(); the tasks finish on the event loop meanwhile."""
+        the fetcher thread inside poll(); the tasks finish on the event loop meanwhile.
+
+        Then their stored offsets are committed, synchronously: the new owner starts from the
+        committed offsets, and an answer published a moment ago may not have reached its
+        view of sg.responses yet, so the handoff must not rely on the redelivery check."""
+        self._revoked = True
         revoked = {(tp.topic, tp.partition) for tp in partitions}
         with self._batch_lock:
             kept = [m for m in self._batch_queue if (m.topic(), m.partition()) not in revoked]
@@ -451,6 +474,11 @@ class InferenceWorker:
         while self._tasks and self._tracker.running(partitions) and time.monotonic() < deadline:
             time.sleep(0.02)
         self._tracker.forget(partitions)
+        try:
+            self._consumer.commit(asynchronous=False)
+        except KafkaException as error:  # nothing stored since the last commit, or leaving
+            if error.args[0].code() != KafkaError._NO_OFFSET:
+                log.warning("inference: offsets not committed on revoke: %s", error)
 
     async def _process(self, message: Message) -> None:
         value = message.value() or b""
@@ -497,14 +525,14 @@ class InferenceWorker:
                 message.offset(),
             )
             return
-        commit = self._tracker.finish(message.topic(), message.partition(), message.offset())
+        topic, partition, offset = message.topic(), message.partition(), message.offset()
+        commit = self._tracker.commit_after(topic, partition, offset)
         if commit is not None:
             try:
-                self._consumer.store_offsets(
-                    offsets=[TopicPartition(message.topic(), message.partition(), commit)]
-                )
-            except Exception as error:  # partition revoked between finish and store
+                self._consumer.store_offsets(offsets=[TopicPartition(topic, partition, commit)])
+            except Exception as error:  # partition revoked meanwhile
                 log.debug("inference: offset not stored: %s", error)
+        self._tracker.finish(topic, partition, offset)  # done only once its offset is stored
 
     def _redelivered(self, task: InferenceTask) -> bool:
         """Whether this task was answered or started already; if not, it is started now."""

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import threading
 import time
 from collections.abc import AsyncIterator, Iterable, Mapping
@@ -366,6 +367,14 @@ def remove_pools(pools: Iterable[str]) -> None:
             if a["name"] == board_name(pool)
         }:
             ray.kill(ray.get_actor(board_name(pool), namespace=namespace))
+
+
+def client_auth_env(address: str | None) -> None:
+    """Before `ray` is first imported: a Ray Client (`ray://`) sends the cluster's token
+    (~/.ray/auth_token or RAY_AUTH_TOKEN) only in token mode, which Ray reads at import, and
+    Ray ≥ 2.59 clusters require it; without it the connection times out unheard."""
+    if address and address.startswith("ray://"):
+        os.environ.setdefault("RAY_AUTH_MODE", "token")
 
 
 def connect(serving: RayServeSettings) -> None:

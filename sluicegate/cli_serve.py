@@ -31,6 +31,9 @@ def add_parsers(sub: Any) -> dict[str, Callable[[Settings, argparse.Namespace], 
 
 
 def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
+    from sluicegate.serving.ray_serve import client_auth_env
+
+    client_auth_env(args.address or settings.ray.address)  # before ray is imported
     try:
         import ray  # noqa: F401
     except ImportError:

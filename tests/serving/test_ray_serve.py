@@ -400,8 +400,10 @@ def test_serve_joins_an_existing_cluster_by_its_ray_client_address(
     gcs_port, client_port = free_port(), free_port()
     temp = tempfile.mkdtemp(prefix="rh", dir="/tmp")  # Ray's socket paths must stay short
     head = subprocess.Popen(
-        [
-            "ray",
+        [  # the `ray` CLI of this interpreter, wherever its scripts directory is
+            sys.executable,
+            "-m",
+            "ray.scripts.scripts",
             "start",
             "--head",
             "--block",

@@ -146,7 +146,7 @@ _ERRORS: dict[int, tuple[str, Outcome, str]] = {
 }
 
 
-def _outcome(status: int) -> Outcome:
+def audit_outcome(status: int) -> Outcome:
     if status < 400:
         return "ok"
     return _ERRORS[status][1] if status in _ERRORS else "invalid"
@@ -218,6 +218,66 @@ ROUTES: list[_Route] = []  # the admin routes (AdminApi); other APIs declare int
 # The routes an application serves, as declared: what its `/openapi.json` describes.
 DESCRIBED = web.AppKey("sluicegate.described_routes", list[_Route])
 _M = TypeVar("_M", bound=BaseModel)
+
+
+async def read_json_body(request: web.Request, model: type[_M], *, required: bool = True) -> _M:
+    """The request's JSON body as `model`, strictly: 413 too large, 400 missing or not JSON,
+    415 another content type, 422 not the model (the first problems, `param` the first)."""
+    try:
+        raw = await request.read()
+    except web.HTTPRequestEntityTooLarge as error:
+        raise ApiError(413, f"Body too large: {error.text}", code="request_too_large") from None
+    if not raw:
+        if required:
+            raise ApiError(400, "This route needs a JSON body.", code="missing_body")
+        return model()
+    if request.content_type != "application/json":
+        message = f"Content-Type must be application/json, got '{request.content_type}'."
+        raise ApiError(415, message, code="unsupported_media_type")
+    try:
+        return model.model_validate_json(raw, strict=True)
+    except ValidationError as error:
+        first = error.errors()[0]
+        if first["type"] == "json_invalid":
+            message = f"The body is not valid JSON: {first['msg']}"
+            raise ApiError(400, message, code="invalid_json") from None
+        problems = "; ".join(
+            f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg']}" for e in error.errors()[:5]
+        )
+        param = ".".join(map(str, first["loc"])) or None
+        raise ApiError(422, f"Invalid body: {problems}", code="invalid_body", param=param) from None
+
+
+async def record_admin_call(
+    audit: AuditSink | None,
+    action: str,
+    *,
+    principal: Principal,
+    tenant_id: str,
+    resource: str,
+    status: int,
+    detail: dict[str, Any],
+) -> None:
+    """Hand one admin call past authentication to the audit sink; a lost entry is logged
+    loudly, never raised (the action itself happened)."""
+    if audit is None:
+        return
+    entry = AdminAudit(
+        actor=principal.api_key_id,
+        actor_tenant=principal.tenant_id,
+        action=action,
+        resource=resource,
+        tenant_id=tenant_id,
+        outcome=audit_outcome(status),
+        status=status,
+        detail=detail,
+    )
+    try:
+        await audit(entry)
+    except Exception:  # the action happened; losing its audit entry must be loud
+        log.exception("audit entry not recorded: %s", entry)
+
+
 _F = TypeVar("_F", bound=Callable[..., Awaitable[BaseModel]])
 
 
@@ -368,50 +428,18 @@ class AdminApi:
         return endpoint
 
     async def _record(self, action: str, call: _Call, status: int) -> None:
-        if self._audit is None:
-            return
-        entry = AdminAudit(
-            actor=call.principal.api_key_id,
-            actor_tenant=call.principal.tenant_id,
-            action=action,
-            resource=call.resource,
+        await record_admin_call(
+            self._audit,
+            action,
+            principal=call.principal,
             tenant_id=call.tenant_id,
-            outcome=_outcome(status),
+            resource=call.resource,
             status=status,
             detail=call.detail,
         )
-        try:
-            await self._audit(entry)
-        except Exception:  # the action happened; losing its audit entry must be loud
-            log.exception("audit entry not recorded: %s", entry)
 
     async def _body(self, call: _Call, model: type[_M], *, required: bool = True) -> _M:
-        request = call.request
-        try:
-            raw = await request.read()
-        except web.HTTPRequestEntityTooLarge as error:
-            raise ApiError(413, f"Body too large: {error.text}", code="request_too_large") from None
-        if not raw:
-            if required:
-                raise ApiError(400, "This route needs a JSON body.", code="missing_body")
-            return model()
-        if request.content_type != "application/json":
-            message = f"Content-Type must be application/json, got '{request.content_type}'."
-            raise ApiError(415, message, code="unsupported_media_type")
-        try:
-            return model.model_validate_json(raw, strict=True)
-        except ValidationError as error:
-            first = error.errors()[0]
-            if first["type"] == "json_invalid":
-                message = f"The body is not valid JSON: {first['msg']}"
-                raise ApiError(400, message, code="invalid_json") from None
-            problems = "; ".join(
-                f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg']}" for e in error.errors()[:5]
-            )
-            param = ".".join(map(str, first["loc"])) or None
-            raise ApiError(
-                422, f"Invalid body: {problems}", code="invalid_body", param=param
-            ) from None
+        return await read_json_body(call.request, model, required=required)
 
     # -- authorization and lookups -------------------------------------------------------------
 

@@ -44,7 +44,6 @@ from pydantic import (
     Field,
     StringConstraints,
     TypeAdapter,
-    ValidationError,
 )
 
 from sluicegate.errors import AuthError, BrokerError
@@ -63,14 +62,15 @@ from sluicegate.processors.prompt_registry import (
 )
 from sluicegate.schemas.models import PromptVersionPublished
 from sluicegate.serving.admin_api import (
-    AdminAudit,
+    ApiError,
     AuditSink,
     Clock,
-    Outcome,
     _Route,
     _route,
     describe_routes,
     error_response,
+    read_json_body,
+    record_admin_call,
     wall_clock_ms,
 )
 
@@ -240,15 +240,6 @@ class RenderedPromptView(BaseModel):
         return cls.model_validate(rendered_json(rendered))
 
 
-class ApiError(Exception):
-    def __init__(self, status: int, message: str, *, code: str, param: str | None = None) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.code = code
-        self.param = param
-
-
 @dataclass(slots=True)
 class _Call:
     request: web.Request
@@ -294,19 +285,6 @@ def _prompt_route(
         params=params,
         **options,
     )
-
-
-_OUTCOMES: dict[int, Outcome] = {
-    401: "denied",
-    403: "denied",
-    404: "not_found",
-    409: "conflict",
-    503: "failed",
-}
-
-
-def _outcome(status: int) -> Outcome:
-    return "ok" if status < 400 else _OUTCOMES.get(status, "invalid")
 
 
 class PromptsApi:
@@ -375,22 +353,15 @@ class PromptsApi:
         return endpoint
 
     async def _record(self, action: str, call: _Call, status: int) -> None:
-        if self._audit is None:
-            return
-        entry = AdminAudit(
-            actor=call.principal.api_key_id,
-            actor_tenant=call.tenant_id,
-            action=action,
-            resource=call.resource,
+        await record_admin_call(
+            self._audit,
+            action,
+            principal=call.principal,
             tenant_id=call.tenant_id,
-            outcome=_outcome(status),
+            resource=call.resource,
             status=status,
             detail=call.detail,
         )
-        try:
-            await self._audit(entry)
-        except Exception:  # the action happened; losing its audit entry must be loud
-            log.exception("audit entry not recorded: %s", entry)
 
     def _require(self, call: _Call, action: str) -> None:
         """`prompts:write` for admins and developers; `prompts:read` for any caller."""
@@ -403,32 +374,7 @@ class PromptsApi:
             )
 
     async def _body(self, call: _Call, model: type[_M], *, required: bool = True) -> _M:
-        request = call.request
-        try:
-            raw = await request.read()
-        except web.HTTPRequestEntityTooLarge as error:
-            raise ApiError(413, f"Body too large: {error.text}", code="request_too_large") from None
-        if not raw:
-            if required:
-                raise ApiError(400, "This route needs a JSON body.", code="missing_body")
-            return model()
-        if request.content_type != "application/json":
-            message = f"Content-Type must be application/json, got '{request.content_type}'."
-            raise ApiError(415, message, code="unsupported_media_type")
-        try:
-            return model.model_validate_json(raw, strict=True)
-        except ValidationError as error:
-            first = error.errors()[0]
-            if first["type"] == "json_invalid":
-                message = f"The body is not valid JSON: {first['msg']}"
-                raise ApiError(400, message, code="invalid_json") from None
-            problems = "; ".join(
-                f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg']}" for e in error.errors()[:5]
-            )
-            param = ".".join(map(str, first["loc"])) or None
-            raise ApiError(
-                422, f"Invalid body: {problems}", code="invalid_body", param=param
-            ) from None
+        return await read_json_body(call.request, model, required=required)
 
     async def _publish(self, event: PromptVersionPublished) -> PromptVersionView:
         """Publish, then fold locally: a read right after this write sees it."""

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import importlib.util
-import json
 import logging
 import threading
 import time
@@ -25,9 +24,10 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+from sluicegate.connectors.openai_request import text_messages
 from sluicegate.connectors.ports import Completion, Delta
 from sluicegate.errors import BackendError
-from sluicegate.schemas.models import ChatMessage, InferenceTask
+from sluicegate.schemas.models import InferenceTask
 from sluicegate.settings import Deployment
 
 log = logging.getLogger(__name__)
@@ -130,12 +130,12 @@ class LlamaCppBackend:
         self.load_seconds: float | None = None
 
     async def complete(self, task: InferenceTask) -> Completion:
-        messages = _messages(task.messages)
+        messages = text_messages(task.messages, reader="this local model")
         return await self._run(lambda: self._complete(task, messages))
 
     async def stream(self, task: InferenceTask) -> AsyncIterator[Delta]:
         """Yield each generated piece, then one Delta with finish_reason and usage."""
-        messages = _messages(task.messages)
+        messages = text_messages(task.messages, reader="this local model")
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[object] = asyncio.Queue()
         stop = threading.Event()
@@ -277,25 +277,6 @@ class LlamaCppBackend:
                 provider_model=self._deployment.provider_model,
             )
         )
-
-
-def _messages(messages: list[ChatMessage]) -> list[dict[str, str]]:
-    """Plain-text chat messages for the template; multi-part content keeps its text parts."""
-    out = []
-    for message in messages:
-        content = message.content or ""
-        if message.content_parts_json is not None:
-            try:
-                parts = json.loads(message.content_parts_json)
-            except ValueError as exc:
-                raise BackendError(
-                    f"content_parts_json is not valid JSON: {exc}", error_class="bad_request"
-                ) from exc
-            if any(p.get("type") != "text" for p in parts):
-                raise BackendError("this local model reads text only", error_class="bad_request")
-            content = "".join(p.get("text", "") for p in parts)
-        out.append({"role": message.role, "content": content})
-    return out
 
 
 def _sampling(task: InferenceTask) -> dict[str, Any]:

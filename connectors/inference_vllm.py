@@ -18,12 +18,12 @@ the whole text so far, so a stream sends the new suffix each time.
 
 from __future__ import annotations
 
-import json
 import uuid
 from collections.abc import AsyncIterator, Callable
 from types import SimpleNamespace
 from typing import Any
 
+from sluicegate.connectors.openai_request import text_messages
 from sluicegate.connectors.ports import Completion, Delta
 from sluicegate.errors import BackendError, ConfigurationError
 from sluicegate.schemas.models import ChatMessage, InferenceTask
@@ -160,28 +160,11 @@ class VllmBackend:
         if self._tokenizer is None:
             self._tokenizer = await self._engine.get_tokenizer()
         rendered = self._tokenizer.apply_chat_template(
-            _messages(messages), tokenize=False, add_generation_prompt=True
+            text_messages(messages, reader="this vLLM engine"),
+            tokenize=False,
+            add_generation_prompt=True,
         )
         return str(rendered)
-
-
-def _messages(messages: list[ChatMessage]) -> list[dict[str, str]]:
-    """Plain-text chat messages for the template; multi-part content keeps its text parts."""
-    out = []
-    for message in messages:
-        content = message.content or ""
-        if message.content_parts_json is not None:
-            try:
-                parts = json.loads(message.content_parts_json)
-            except ValueError as exc:
-                raise BackendError(
-                    f"content_parts_json is not valid JSON: {exc}", error_class="bad_request"
-                ) from exc
-            if any(p.get("type") != "text" for p in parts):
-                raise BackendError("this adapter sends text only", error_class="bad_request")
-            content = "".join(p.get("text", "") for p in parts)
-        out.append({"role": message.role, "content": content})
-    return out
 
 
 def _finish_reason(reason: str | None) -> str:

@@ -239,3 +239,24 @@ def conversation(
         else:
             turns.append({"role": role, "content": blocks})
     return system, turns
+
+
+def text_messages(messages: list[ChatMessage], *, reader: str) -> list[dict[str, str]]:
+    """Plain-text chat messages for a local chat template (llama.cpp, vLLM); multi-part
+    content keeps its text parts, and anything else is refused as `bad_request` naming
+    `reader` (e.g. "this local model")."""
+    out = []
+    for message in messages:
+        content = message.content or ""
+        if message.content_parts_json is not None:
+            try:
+                parts = json.loads(message.content_parts_json)
+            except ValueError as exc:
+                raise BackendError(
+                    f"content_parts_json is not valid JSON: {exc}", error_class="bad_request"
+                ) from exc
+            if any(p.get("type") != "text" for p in parts):
+                raise BackendError(f"{reader} reads text only", error_class="bad_request")
+            content = "".join(p.get("text", "") for p in parts)
+        out.append({"role": message.role, "content": content})
+    return out

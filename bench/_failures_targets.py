@@ -26,6 +26,7 @@ from bench._targets import (
     Target,
     _delete_kafka_state,
     _wait_for_group,
+    bench_settings,
     broker_pid,
     ensure_broker,
     ensure_litellm,
@@ -101,15 +102,7 @@ def start_sluicegate_failover(
     Returns the target and the settings it runs with (JSON, for the report); the target's
     clean-up removes the run's topics and consumer groups.
     """
-    from sluicegate.settings import (
-        BridgeSettings,
-        Deployment,
-        KafkaSettings,
-        ModelAlias,
-        ResilienceSettings,
-        Settings,
-        WorkerSettings,
-    )
+    from sluicegate.settings import Deployment, ModelAlias, ResilienceSettings
 
     ensure_broker(bootstrap)
     data_dir = Path(tempfile.mkdtemp(prefix=f"sgfail-{run_id}-"))
@@ -124,31 +117,37 @@ def start_sluicegate_failover(
             priority=priority,
         )
 
-    settings = Settings(
-        kafka=KafkaSettings(bootstrap_servers=bootstrap, topic_prefix=f"bench{run_id}."),
-        bridge=BridgeSettings(port=free_port(), request_timeout_s=request_timeout_s),
-        worker=WorkerSettings(
-            app_id=f"sluicegate-bench-{run_id}",
-            inference_concurrency=inference_concurrency,
-            data_dir=data_dir,
-        ),
-        resilience=ResilienceSettings(
-            max_retries=resilience.max_retries,
-            backoff_base_s=resilience.backoff_base_s,
-            backoff_max_s=resilience.backoff_max_s,
-            breaker_failures=resilience.breaker_failures,
-            breaker_window_s=resilience.breaker_window_s,
-            breaker_cooldown_s=resilience.breaker_cooldown_s,
-        ),
-        deployments=[deployment("primary", primary_base, 0), deployment("backup", backup_base, 1)],
-        models=[
-            ModelAlias(
-                name=ALIAS,
-                deployments=["primary", "backup"],
-                strategy="priority",
-                description="primary fails at random, backup never",
-            )
-        ],
+    base = bench_settings(
+        upstream_base=primary_base,
+        bootstrap=bootstrap,
+        run_id=run_id,
+        inference_concurrency=inference_concurrency,
+        request_timeout_s=request_timeout_s,
+        data_dir=data_dir,
+    )
+    settings = base.model_copy(
+        update=dict(
+            resilience=ResilienceSettings(
+                max_retries=resilience.max_retries,
+                backoff_base_s=resilience.backoff_base_s,
+                backoff_max_s=resilience.backoff_max_s,
+                breaker_failures=resilience.breaker_failures,
+                breaker_window_s=resilience.breaker_window_s,
+                breaker_cooldown_s=resilience.breaker_cooldown_s,
+            ),
+            deployments=[
+                deployment("primary", primary_base, 0),
+                deployment("backup", backup_base, 1),
+            ],
+            models=[
+                ModelAlias(
+                    name=ALIAS,
+                    deployments=["primary", "backup"],
+                    strategy="priority",
+                    description="primary fails at random, backup never",
+                )
+            ],
+        )
     )
     env = {**os.environ, "BENCH_KEY": "sk-bench", **settings.to_env()}
     url = f"http://127.0.0.1:{settings.bridge.port}"

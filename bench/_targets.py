@@ -114,16 +114,17 @@ def ensure_broker(bootstrap: str) -> None:
     )
 
 
-def start_sluicegate(
+def bench_settings(
     *,
     upstream_base: str,
     bootstrap: str,
-    log_dir: Path,
     run_id: str,
     inference_concurrency: int,
     request_timeout_s: float,
-    workers: int = 1,
-) -> Target:
+    data_dir: Path,
+) -> Settings:
+    """sluicegate's settings for one benchmark run: a topic prefix, consumer groups and a port
+    of its own, and one alias `bench` on the loopback upstream."""
     from sluicegate.settings import (
         BridgeSettings,
         Deployment,
@@ -133,9 +134,7 @@ def start_sluicegate(
         WorkerSettings,
     )
 
-    ensure_broker(bootstrap)
-    data_dir = Path(tempfile.mkdtemp(prefix=f"sgbench-{run_id}-"))
-    settings = Settings(
+    return Settings(
         kafka=KafkaSettings(bootstrap_servers=bootstrap, topic_prefix=f"bench{run_id}."),
         bridge=BridgeSettings(port=free_port(), request_timeout_s=request_timeout_s),
         worker=WorkerSettings(
@@ -153,6 +152,28 @@ def start_sluicegate(
             )
         ],
         models=[ModelAlias(name="bench", deployments=["up"], description="bench upstream")],
+    )
+
+
+def start_sluicegate(
+    *,
+    upstream_base: str,
+    bootstrap: str,
+    log_dir: Path,
+    run_id: str,
+    inference_concurrency: int,
+    request_timeout_s: float,
+    workers: int = 1,
+) -> Target:
+    ensure_broker(bootstrap)
+    data_dir = Path(tempfile.mkdtemp(prefix=f"sgbench-{run_id}-"))
+    settings = bench_settings(
+        upstream_base=upstream_base,
+        bootstrap=bootstrap,
+        run_id=run_id,
+        inference_concurrency=inference_concurrency,
+        request_timeout_s=request_timeout_s,
+        data_dir=data_dir,
     )
     env = {**os.environ, "BENCH_KEY": "sk-bench", **settings.to_env()}
     url = f"http://127.0.0.1:{settings.bridge.port}"

@@ -37,12 +37,13 @@ from typing import Any
 
 from bench import _report
 from bench._bridge_report import queue_state
-from bench._procs import CpuMeter, Service, _stat_fields, free_port, wait_http
+from bench._procs import CpuMeter, Service, _stat_fields, wait_http
 from bench._targets import (
     REPO_ROOT,
     Target,
     _delete_kafka_state,
     _wait_for_group,
+    bench_settings,
     broker_pid,
     ensure_broker,
     new_master_key,
@@ -213,43 +214,28 @@ def start_ray(
     """The Faust worker and bridge of start_sluicegate, with `sluicegate serve` in place of the
     inference worker: a local Ray node (its own RAY_TMPDIR) and `replicas` fixed replicas."""
     from sluicegate.serving.ray_serve import pool_group
-    from sluicegate.settings import (
-        BridgeSettings,
-        Deployment,
-        KafkaSettings,
-        ModelAlias,
-        PoolServing,
-        RayServeSettings,
-        Settings,
-        WorkerSettings,
-    )
+    from sluicegate.settings import PoolServing, RayServeSettings
 
     ensure_broker(bootstrap)
     data_dir = Path(tempfile.mkdtemp(prefix=f"sgbench-{run_id}-"))
     ray_tmp = Path(tempfile.mkdtemp(prefix="sgray", dir="/tmp"))  # short: Ray's sockets live here
     # The Settings start_sluicegate builds, plus the `ray` section.
-    settings = Settings(
-        kafka=KafkaSettings(bootstrap_servers=bootstrap, topic_prefix=f"bench{run_id}."),
-        bridge=BridgeSettings(port=free_port(), request_timeout_s=request_timeout_s),
-        worker=WorkerSettings(
-            app_id=f"sluicegate-bench-{run_id}",
-            inference_concurrency=inference_concurrency,
-            data_dir=data_dir,
-        ),
-        deployments=[
-            Deployment(
-                name="up",
-                backend="openai",
-                provider_model="fake",
-                base_url=upstream_base,
-                api_key_env="BENCH_KEY",
+    settings = bench_settings(
+        upstream_base=upstream_base,
+        bootstrap=bootstrap,
+        run_id=run_id,
+        inference_concurrency=inference_concurrency,
+        request_timeout_s=request_timeout_s,
+        data_dir=data_dir,
+    ).model_copy(
+        update={
+            "ray": RayServeSettings(
+                graceful_shutdown_timeout_s=5.0,  # bounded teardown; no traffic is left by then
+                pools={
+                    POOL: PoolServing(autoscale=False, replicas=replicas, num_cpus=replica_cpus)
+                },
             )
-        ],
-        models=[ModelAlias(name="bench", deployments=["up"], description="bench upstream")],
-        ray=RayServeSettings(
-            graceful_shutdown_timeout_s=5.0,  # bounded teardown; no traffic is left by then
-            pools={POOL: PoolServing(autoscale=False, replicas=replicas, num_cpus=replica_cpus)},
-        ),
+        }
     )
     env = {**os.environ, "BENCH_KEY": "sk-bench", "RAY_TMPDIR": str(ray_tmp), **settings.to_env()}
     url = f"http://127.0.0.1:{settings.bridge.port}"

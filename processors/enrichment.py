@@ -41,6 +41,7 @@ from sluicegate.connectors.vector_store import COLLECTION_NAME, Caller, Collecti
 from sluicegate.processors.authz import KB_READ, Authorizer, Resource
 from sluicegate.processors.envelope import Emit, child_envelope, new_span_id, now, span_emit
 from sluicegate.processors.identity import ACTIVE, Principal, key_principal
+from sluicegate.processors.request_options import request_options
 from sluicegate.processors.retrieval import Citation as RetrievedCitation
 from sluicegate.processors.retrieval import RetrievalResult, Retriever
 from sluicegate.schemas.models import (
@@ -116,15 +117,7 @@ class RefusedError(Exception):
 def requested_knowledge_base(request: RequestReceived, alias: ModelAlias | None) -> str | None:
     """`extra_body.sluicegate.knowledge_base`, else the alias's; RefusedError (400) for a
     value that is not a knowledge-base name."""
-    raw = request.params.extra_json
-    named: Any = None
-    if raw:
-        try:
-            body = json.loads(raw)
-        except ValueError:
-            body = None
-        own = body.get("sluicegate") if isinstance(body, dict) else None
-        named = own.get("knowledge_base") if isinstance(own, dict) else None
+    named: Any = request_options(request.params.extra_json).get("knowledge_base")
     if named is None:
         return alias.knowledge_base if alias is not None else None
     if not isinstance(named, str) or not COLLECTION_NAME.match(named):

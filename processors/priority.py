@@ -14,15 +14,15 @@ every fetch and every finished task (serving/inference_worker.py applies it with
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import Final, Literal, get_args
+
+from sluicegate.processors.request_options import request_options
 
 Priority = Literal["interactive", "batch"]
 PRIORITIES: Final[frozenset[str]] = frozenset(get_args(Priority))
 INTERACTIVE: Final[Priority] = "interactive"
 BATCH: Final[Priority] = "batch"
-OPTIONS_KEY: Final = "sluicegate"
 
 
 class InvalidPriority(ValueError):
@@ -46,9 +46,8 @@ def priority_of(extra_json: str | None) -> Priority:
     if not extra_json or '"priority"' not in extra_json:  # cheap: most requests name none
         return INTERACTIVE
     try:
-        options = json.loads(extra_json).get(OPTIONS_KEY)
-        return parse_priority(options.get("priority") if isinstance(options, dict) else None)
-    except (ValueError, AttributeError):
+        return parse_priority(request_options(extra_json).get("priority"))
+    except InvalidPriority:
         return INTERACTIVE
 
 

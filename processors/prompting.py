@@ -14,16 +14,14 @@ chosen by a stable hash of the user (or the request), before rendering.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from sluicegate.processors.eval_stats import assign_variant
+from sluicegate.processors.request_options import request_options
 from sluicegate.schemas.models import ChatMessage, RequestReceived
 from sluicegate.settings import PromptExperiment, PromptSettings
-
-OPTIONS_KEY = "sluicegate"
 
 
 class PromptRequestError(Exception):
@@ -70,12 +68,8 @@ def prompt_reference(request: RequestReceived) -> PromptReference | None:
     extra_json = request.params.extra_json
     if not extra_json or '"prompt"' not in extra_json:  # cheap: most requests name none
         return None
-    try:
-        extra = json.loads(extra_json)
-    except ValueError:
-        return None  # routing reports malformed extra fields
-    options = extra.get(OPTIONS_KEY) if isinstance(extra, dict) else None
-    if not isinstance(options, dict) or options.get("prompt") is None:
+    options = request_options(extra_json)  # routing reports malformed extra fields
+    if options.get("prompt") is None:
         return None
     ref = options["prompt"]
     if not isinstance(ref, str) or not ref.strip():

@@ -20,11 +20,11 @@ from datetime import datetime
 from typing import Any
 
 from sluicegate.processors.envelope import now
+from sluicegate.processors.request_options import OPTIONS_KEY, extra_fields, request_options
 from sluicegate.processors.routing import STRATEGIES
 from sluicegate.schemas.models import RequestReceived
 
 PRODUCER = "replay"
-OPTIONS_KEY = "sluicegate"
 _NAMESPACE = uuid.UUID("7f1d3c5e-2b4a-4c8e-9a61-5d0b8e3f2a17")
 _PARAMS = frozenset({"temperature", "top_p", "max_tokens", "seed"})
 
@@ -65,7 +65,7 @@ class ReplaySlice:
         if any(request.metadata.get(k) != v for k, v in self.metadata.items()):
             return False
         if self.prompt is not None:
-            named = sluicegate_options(request).get("prompt")
+            named = request_options(request.params.extra_json).get("prompt")
             if not isinstance(named, str) or named.partition("@")[0] != self.prompt:
                 return False
         if self.contains is not None:
@@ -102,12 +102,6 @@ class ReplayOverrides:
         return {k: v for k, v in described.items() if v is not None} | dict(self.params)
 
 
-def sluicegate_options(request: RequestReceived) -> dict[str, Any]:
-    extra = _extra(request)
-    options = extra.get(OPTIONS_KEY)
-    return options if isinstance(options, dict) else {}
-
-
 def last_user_text(request: RequestReceived) -> str | None:
     for message in reversed(request.messages):
         if message.role == "user" and message.content is not None:
@@ -134,8 +128,9 @@ def replay_request(
     params = original.params.model_copy(update=dict(overrides.params))
     options_changed = overrides.prompt or overrides.strategy or overrides.deployment
     if options_changed:
-        extra = _extra(original)
-        options = dict(extra.get(OPTIONS_KEY) or {})
+        extra = extra_fields(original.params.extra_json)
+        own = extra.get(OPTIONS_KEY)
+        options = dict(own) if isinstance(own, dict) else {}
         for name in ("prompt", "strategy", "deployment"):
             value = getattr(overrides, name)
             if value is not None:
@@ -164,13 +159,3 @@ def replay_request(
             "metadata": {**original.metadata, "original_request_id": original.request_id},
         }
     )
-
-
-def _extra(request: RequestReceived) -> dict[str, Any]:
-    if not request.params.extra_json:
-        return {}
-    try:
-        extra = json.loads(request.params.extra_json)
-    except ValueError:
-        return {}
-    return extra if isinstance(extra, dict) else {}

@@ -29,6 +29,7 @@ from typing import Any, Final, get_args
 from sluicegate.errors import ConfigurationError, SluicegateError
 from sluicegate.processors.health import HealthSnapshot
 from sluicegate.processors.priority import INTERACTIVE, InvalidPriority, Priority, parse_priority
+from sluicegate.processors.request_options import OPTIONS_KEY
 from sluicegate.schemas.models import ChatMessage, RequestReceived
 from sluicegate.settings import Deployment, ModelAlias, RoutingStrategy, Settings
 
@@ -41,7 +42,7 @@ REPLY_PRIMING_TOKENS: Final = 3
 IMAGE_TOKENS: Final = 765
 DEFAULT_COMPLETION_TOKENS: Final = 256
 
-OVERRIDE_KEY: Final = "sluicegate"
+OVERRIDE_KEY: Final = OPTIONS_KEY
 # The `sluicegate` object carries every stage's per-request options; routing validates the whole
 # object once, reads three of them (`deployment`, `strategy`, `priority`) and must not refuse the
 # others (`cache`: the response cache's opt-in/opt-out; `knowledge_base`: enrichment's,

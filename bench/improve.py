@@ -121,7 +121,7 @@ def main() -> None:
             passed = sum(1 for r in report.results if r.passed)
             rows.append(("eval run", in_flight, len(report.answers), elapsed, passed))
         print(f"\nmachine: {platform.machine()}, {platform.python_version()}")
-        print("| run | in flight | requests | seconds | requests/s | passed matchers |")
+        print("| run | in flight | requests | seconds | requests/s | passed results |")
         print("|---|---:|---:|---:|---:|---:|")
         for kind, in_flight, n, elapsed, passed in rows:
             print(f"| {kind} | {in_flight} | {n} | {elapsed:.1f} | {n / elapsed:.0f} | {passed} |")

@@ -44,10 +44,13 @@ def _id(run_id: str, *parts: str) -> str:
     return str(uuid.uuid5(_NAMESPACE, "/".join((run_id, *parts))))
 
 
-def _envelope(run_id: str, tenant_id: str, request_id: str, at: datetime) -> dict[str, Any]:
+def _envelope(
+    run_id: str, tenant_id: str, request_id: str, at: datetime, event_id: str | None = None
+) -> dict[str, Any]:
+    """A run's envelope; `event_id` derived for results (a retried run replaces them)."""
     trace_id = uuid.uuid5(_NAMESPACE, f"trace/{request_id}").hex
     return {
-        "event_id": new_event_id(),
+        "event_id": event_id or new_event_id(),
         "occurred_at": at,
         "tenant_id": tenant_id,
         "request_id": request_id,
@@ -179,8 +182,13 @@ def case_results(
     at = at or now()
     return [
         EvalCaseResult(
-            **_envelope(spec.run_id, spec.tenant_id, answer.request_id, at)
-            | {"event_id": _id(spec.run_id, "result", answer.case_id, result.metric)},
+            **_envelope(
+                spec.run_id,
+                spec.tenant_id,
+                answer.request_id,
+                at,
+                _id(spec.run_id, "result", answer.case_id, result.metric),
+            ),
             dataset=spec.dataset,
             case_id=answer.case_id,
             metric=result.metric,
@@ -214,9 +222,9 @@ def run_completed(
         scores[result.metric].append(result.score)
         passes[result.metric].append(result.passed)
     prompt_refs = {answer.prompt_ref for answer in answers if answer.prompt_ref}
+    completed_id = _id(spec.run_id, "completed")
     return EvalRunCompleted(
-        **_envelope(spec.run_id, spec.tenant_id, _id(spec.run_id, "completed"), at or now())
-        | {"event_id": _id(spec.run_id, "completed")},
+        **_envelope(spec.run_id, spec.tenant_id, completed_id, at or now(), completed_id),
         dataset=spec.dataset,
         cases=len(answers),
         scores={metric: sum(values) / len(values) for metric, values in scores.items()},

@@ -6,13 +6,23 @@ query is the guarded text and the cache keys on the enriched prompt:
 1. **Which knowledge base** — `extra_body={"sluicegate": {"knowledge_base": "kb"}}`, else the
    alias's `knowledge_base` (settings / catalogue). None: nothing happens.
 2. **May the caller read it** — `kb:read` on `Resource(tenant, kb)` by the Authorizer, for the
-   principal the worker rebuilds from the key registry (`sg.identity`, which every worker
-   follows): the key's roles, knowledge-base list and attributes *as they are now*, so a key
-   revoked or narrowed after the request was journaled is refused, and nothing on the journal
-   (which any producer could write) can grant more than the key has. JWT callers have no
-   record there — their claims end at the bridge — so they are refused with
-   `knowledge_base_needs_api_key`; anonymous callers (only with `auth.required` off) read as
-   the bridge lets them, a developer of the request's tenant. A refusal answers 403.
+   caller's principal, rebuilt here (`principal_of`):
+   - an **API key** from the key registry (`sg.identity`, which every worker follows): the
+     key's roles, knowledge-base list and attributes *as they are now*, so a key revoked or
+     narrowed after the request was journaled is refused;
+   - a **JWT** from `RequestReceived.principal`, the facts the bridge verified (roles,
+     attributes with the groups, subject, expiry; never the token), through the same
+     `token_principal` the bridge used, with the tenant's lists, attributes and status as
+     they are now. Refused with `unverified_principal` when the facts are missing or name
+     another subject than `api_key_id`, with 401 `expired_token` once the token's `exp` (plus
+     `auth.jwt.leeway_s`) has passed by admission time, and when JWTs are off here;
+   - anonymous callers (only with `auth.required` off) read as the bridge lets them, a
+     developer of the request's tenant.
+   Why journaled facts may be trusted: whoever can write sg.requests can already name any
+   `api_key_id` and be authorized as that key — the journal is exactly as trusted as the
+   bridge that writes it, and topic ACLs, not this module, keep other writers off it. The
+   facts grant a JWT caller nothing a journal writer could not already claim; what the bridge
+   did not verify is not on the event. A refusal answers 403 (401 for an expired token).
 3. **Retrieve** — `AwaitingRetrieval.retrieve` is blocking (query embedding, dense + BM25
    search, fusion, context assembly: ~20-100 ms), so the agent runs it on an executor and calls
    `resume`. The caller's `Caller` (tenant, key id, roles, groups) filters every search.
@@ -40,7 +50,13 @@ from typing import Any, Protocol
 from sluicegate.connectors.vector_store import COLLECTION_NAME, Caller, CollectionNotFoundError
 from sluicegate.processors.authz import KB_READ, Authorizer, Resource
 from sluicegate.processors.envelope import Emit, child_envelope, new_span_id, now, span_emit
-from sluicegate.processors.identity import ACTIVE, Principal, key_principal
+from sluicegate.processors.identity import (
+    ACTIVE,
+    Principal,
+    journaled_claims,
+    key_principal,
+    token_principal,
+)
 from sluicegate.processors.request_options import request_options
 from sluicegate.processors.retrieval import Citation as RetrievedCitation
 from sluicegate.processors.retrieval import RetrievalResult, Retriever
@@ -135,7 +151,8 @@ def requested_knowledge_base(request: RequestReceived, alias: ModelAlias | None)
 def principal_of(
     request: RequestReceived, directory: CallerDirectory, auth: AuthSettings, *, now_ms: int
 ) -> Principal:
-    """The caller of a journaled request, rebuilt from the key registry (see module doc)."""
+    """The caller of a journaled request: an API key from the key registry, a JWT from the
+    journaled facts (see module doc)."""
     key_id = request.api_key_id
     if key_id is None or key_id == "anonymous":
         if auth.required:
@@ -154,15 +171,7 @@ def principal_of(
             roles=frozenset({"developer"}),
         )
     if key_id.startswith("jwt:"):
-        raise RefusedError(
-            Refusal(
-                "knowledge_base_needs_api_key",
-                "Knowledge bases in chat requests need an API key: a JWT's roles are not "
-                "known past the bridge. Use /v1/knowledge/{kb}/search with the token, or a key.",
-                403,
-                "permission_error",
-            )
-        )
+        return jwt_principal_of(request, directory, auth, now_ms=now_ms)
     record = directory.key(key_id)
     tenant = directory.tenant(record.tenant_id) if record is not None else None
     live = (
@@ -182,6 +191,43 @@ def principal_of(
             )
         )
     return key_principal(record, tenant)
+
+
+def jwt_principal_of(
+    request: RequestReceived, directory: CallerDirectory, auth: AuthSettings, *, now_ms: int
+) -> Principal:
+    """A JWT caller, rebuilt from the facts the bridge verified and journaled (see module doc):
+    refused when JWTs are off here, when the facts are missing or name another subject, once
+    the token has expired (with the verifier's leeway), and when its tenant is disabled (or
+    unknown, with `auth.jwt.require_known_tenant`)."""
+    facts = request.principal
+    if not auth.jwt.enabled:
+        raise _denied("JWT callers are not accepted here (auth.jwt.enabled is off).")
+    if facts is None or facts.method != "jwt" or request.api_key_id != f"jwt:{facts.subject}":
+        raise RefusedError(
+            Refusal(
+                "unverified_principal",
+                "The request names a JWT caller but carries no verified principal for it "
+                "(journaled by an older bridge, or not by a bridge).",
+                403,
+                "permission_error",
+            )
+        )
+    expires = facts.expires_at_ms
+    if expires is None or now_ms > expires + auth.jwt.leeway_s * 1000:
+        raise RefusedError(
+            Refusal("expired_token", "The token has expired.", 401, "authentication_error")
+        )
+    tenant = directory.tenant(facts.tenant_id)
+    if tenant is None and auth.jwt.require_known_tenant:
+        raise _denied(f"Tenant `{facts.tenant_id}` is not known to the gateway.")
+    if tenant is not None and tenant.status != ACTIVE:
+        raise _denied(f"Tenant `{facts.tenant_id}` is disabled.")
+    return token_principal(journaled_claims(facts), tenant)
+
+
+def _denied(message: str) -> RefusedError:
+    return RefusedError(Refusal("permission_denied", message, 403, "permission_error"))
 
 
 def query_of(request: RequestReceived) -> str:

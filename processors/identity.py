@@ -17,6 +17,9 @@ its record is folded.
 
 A bearer token with two dots is a JWT when a `TokenVerifier` is configured
 (connectors/jwt_verifier.py); its principal has no key_id and `api_key_id` is `jwt:<sub>`.
+Its claims exist only at the bridge, so the bridge journals what it verified
+(`journaled_principal` → `RequestReceived.principal`) and admission rebuilds the principal from
+that with the same `token_principal` (processors/enrichment.py says why that is safe).
 """
 
 from __future__ import annotations
@@ -46,7 +49,13 @@ from sluicegate.errors import (
     UnknownKeyError,
 )
 from sluicegate.processors.envelope import new_event_id, new_span_id, new_trace_id, now
-from sluicegate.schemas.models import ApiKeyRecord, IdentityLimits, PolicyRecord, TenantRecord
+from sluicegate.schemas.models import (
+    ApiKeyRecord,
+    IdentityLimits,
+    PolicyRecord,
+    TenantRecord,
+    VerifiedPrincipal,
+)
 from sluicegate.settings import AccessRule, AuthSettings, LimitRule
 
 if TYPE_CHECKING:
@@ -222,6 +231,54 @@ class TokenVerifier(Protocol):
     """Verifies a bearer token that is not an API key. Raises AuthenticationError."""
 
     def verify(self, token: str, *, now_ms: int) -> TokenClaims: ...
+
+
+def token_principal(claims: TokenClaims, tenant: TenantRecord | None) -> Principal:
+    """The principal a verified token stands for: its claims, with its tenant's model and
+    knowledge-base lists and the tenant's attributes on top (when the tenant is known). One
+    construction for the bridge (from the token) and admission (from the journaled facts)."""
+    return Principal(
+        tenant_id=claims.tenant_id,
+        subject=claims.subject,
+        method="jwt",
+        roles=claims.roles,
+        key_models=claims.allowed_models,
+        tenant_models=tuple(tenant.allowed_models) if tenant else (),
+        tenant_knowledge_bases=tuple(tenant.allowed_knowledge_bases) if tenant else (),
+        attributes={**claims.attributes, **(tenant.attributes if tenant else {})},
+        tenant_limits=tenant.limits if tenant else None,
+        expires_at_ms=claims.expires_at_ms,
+    )
+
+
+def journaled_principal(principal: Principal) -> VerifiedPrincipal | None:
+    """What the bridge journals of its caller on `RequestReceived.principal`: the verified
+    facts of a JWT caller (never the token), which no later stage could know otherwise; None
+    for an API key (admission rebuilds it from sg.identity, as it is *now*) and for anonymous
+    callers."""
+    if principal.method != "jwt":
+        return None
+    return VerifiedPrincipal(
+        method="jwt",
+        tenant_id=principal.tenant_id,
+        subject=principal.subject,
+        roles=sorted(principal.roles),
+        attributes=dict(principal.attributes),
+        allowed_models=list(principal.key_models),
+        expires_at_ms=principal.expires_at_ms,
+    )
+
+
+def journaled_claims(facts: VerifiedPrincipal) -> TokenClaims:
+    """The claims a journaled principal stands for (the inverse of `journaled_principal`)."""
+    return TokenClaims(
+        subject=facts.subject,
+        tenant_id=facts.tenant_id,
+        roles=frozenset(facts.roles),
+        attributes=dict(facts.attributes),
+        allowed_models=tuple(facts.allowed_models),
+        expires_at_ms=facts.expires_at_ms,
+    )
 
 
 # -- records ---------------------------------------------------------------------------------
@@ -636,18 +693,7 @@ class IdentityRegistry:
             raise
         required = self._settings.jwt.require_known_tenant
         tenant = self._active_tenant(claims.tenant_id, required=required)
-        principal = Principal(
-            tenant_id=claims.tenant_id,
-            subject=claims.subject,
-            method="jwt",
-            roles=claims.roles,
-            key_models=claims.allowed_models,
-            tenant_models=tuple(tenant.allowed_models) if tenant else (),
-            tenant_knowledge_bases=tuple(tenant.allowed_knowledge_bases) if tenant else (),
-            attributes={**claims.attributes, **(tenant.attributes if tenant else {})},
-            tenant_limits=tenant.limits if tenant else None,
-            expires_at_ms=claims.expires_at_ms,
-        )
+        principal = token_principal(claims, tenant)
         self._remember(digest, principal, None, tenant, now_ms)
         return principal
 

@@ -19,6 +19,14 @@ be replayed on its own:
   the document's earlier chunks first, so a re-submitted, shorter document leaves no stale
   chunks. Records of one document share a key (doc_id), hence a partition, hence an order.
 
+A `DocumentDeleted` (`deleted`: `DELETE /v1/knowledge/{kb}/documents/{id}`, `sluicegate rag
+delete`) goes on sg.documents under the document's key and each stage forwards it, in place, to
+the next topic: the chunk stage to sg.chunks, the embed stage to sg.embeddings, where the index
+stage removes the document's chunks. Deleting directly from the store at the door would race
+the document's chunks still on their way (a deletion right after an upload would be undone by
+the upload's late upsert); forwarded in order it lands after them, and every replay of any of
+the three topics meets it at the same place. A later submission of the same id indexes again.
+
 Chunk ids are `<doc_id>#c<n>` (parents `#p<n>`), stable across replays; stores key them by
 (tenant, chunk id), so a redelivered batch overwrites itself.
 """
@@ -48,7 +56,12 @@ from sluicegate.processors.envelope import (
     new_trace_id,
     now,
 )
-from sluicegate.schemas.models import ChunkCreated, ChunkEmbedded, DocumentSubmitted
+from sluicegate.schemas.models import (
+    ChunkCreated,
+    ChunkEmbedded,
+    DocumentDeleted,
+    DocumentSubmitted,
+)
 
 CHUNK_PRODUCER = "rag.chunk"
 EMBED_PRODUCER = "rag.embed"
@@ -122,8 +135,52 @@ def submitted(
     )
 
 
+def deleted(
+    *,
+    knowledge_base: str,
+    tenant_id: str,
+    doc_id: str,
+    producer: str,
+    requested_by: str | None = None,
+) -> DocumentDeleted:
+    """The event that removes one tenant's document from a knowledge base (see module doc)."""
+    check_knowledge_base(knowledge_base)
+    if not doc_id.strip():
+        raise InvalidDocumentError("a document id cannot be empty", reason="bad_doc_id")
+    return DocumentDeleted(
+        event_id=new_event_id(),
+        occurred_at=now(),
+        tenant_id=tenant_id,
+        request_id=new_event_id(),
+        trace_id=new_trace_id(),
+        span_id=new_span_id(),
+        producer=producer,
+        doc_id=doc_id,
+        knowledge_base=knowledge_base,
+        requested_by=requested_by,
+    )
+
+
+def forwarded(
+    deletion: DocumentDeleted, *, topic: str, producer: str, run_id: str | None = None
+) -> Emit:
+    """A deletion passed on to the next stage's topic, as a child event (a replay marks it with
+    its `run_id`, so the live index stage leaves it alone)."""
+    envelope = child_envelope(deletion, producer=producer)
+    if run_id is not None:
+        envelope["run_id"] = run_id
+    event = DocumentDeleted(
+        **envelope,
+        doc_id=deletion.doc_id,
+        knowledge_base=deletion.knowledge_base,
+        requested_by=deletion.requested_by,
+    )
+    return Emit(topic, deletion.doc_id, event)
+
+
 class ChunkStage:
-    """DocumentSubmitted → ChunkCreated per chunk (parents first), or InvalidDocumentError."""
+    """DocumentSubmitted → ChunkCreated per chunk (parents first), or InvalidDocumentError; a
+    DocumentDeleted is forwarded to sg.chunks."""
 
     def __init__(
         self, *, chunker_for: Callable[[str], Chunker], max_document_bytes: int | None = None
@@ -131,8 +188,10 @@ class ChunkStage:
         self._chunker_for = chunker_for
         self._max_bytes = max_document_bytes
 
-    def run(self, document: DocumentSubmitted) -> list[Emit]:
+    def run(self, document: DocumentSubmitted | DocumentDeleted) -> list[Emit]:
         check_knowledge_base(document.knowledge_base)
+        if isinstance(document, DocumentDeleted):
+            return [forwarded(document, topic="chunks", producer=CHUNK_PRODUCER)]
         acl = check_acl(document.tenant_id, document.acl)
         if self._max_bytes is not None and len(document.text.encode()) > self._max_bytes:
             raise InvalidDocumentError(
@@ -183,10 +242,11 @@ class EmbeddingModel:
 
 class EmbedStage:
     """A batch of ChunkCreated → ChunkEmbedded, in the same order; one embedding call per model.
+    A DocumentDeleted in the batch is forwarded to sg.embeddings in its place.
 
     `model_for(knowledge_base)` gives the model a knowledge base is embedded with. `run_id`
-    marks the vectors of a replay (`sluicegate rag --reindex --from chunks`), which the live
-    index stage leaves alone.
+    marks the vectors (and forwarded deletions) of a replay (`sluicegate rag --reindex --from
+    chunks`, `sluicegate rag rechunk`), which the live index stage leaves alone.
     """
 
     def __init__(
@@ -195,14 +255,17 @@ class EmbedStage:
         self._model_for = model_for
         self._run_id = run_id
 
-    def run(self, chunks: Sequence[ChunkCreated]) -> list[Emit]:
+    def run(self, items: Sequence[ChunkCreated | DocumentDeleted]) -> list[Emit]:
         vectors: dict[int, list[float]] = {}
         models: dict[int, EmbeddingModel] = {}
         by_model: dict[str, list[int]] = {}
-        for i, chunk in enumerate(chunks):
-            models[i] = self._model_for(chunk.knowledge_base)
-            if not chunk.is_parent:
-                by_model.setdefault(models[i].name, []).append(i)
+        chunks: dict[int, ChunkCreated] = {}
+        for i, item in enumerate(items):
+            if isinstance(item, ChunkCreated):
+                chunks[i] = item
+                models[i] = self._model_for(item.knowledge_base)
+                if not item.is_parent:
+                    by_model.setdefault(models[i].name, []).append(i)
         for positions in by_model.values():
             matrix = np.asarray(
                 models[positions[0]].embedder.embed([chunks[i].text for i in positions]),
@@ -211,8 +274,10 @@ class EmbedStage:
             for row, i in enumerate(positions):
                 vectors[i] = [float(x) for x in matrix[row]]
         return [
-            Emit("embeddings", chunk.doc_id, self._embedded(chunk, models[i], vectors.get(i, [])))
-            for i, chunk in enumerate(chunks)
+            Emit("embeddings", item.doc_id, self._embedded(item, models[i], vectors.get(i, [])))
+            if isinstance(item, ChunkCreated)
+            else forwarded(item, topic="embeddings", producer=EMBED_PRODUCER, run_id=self._run_id)
+            for i, item in enumerate(items)
         ]
 
     def _embedded(
@@ -288,10 +353,12 @@ class DeleteDocument:
 
 @dataclass
 class IndexPlan:
-    """The store operations for a batch, in order, and what was left out and why."""
+    """The store operations for a batch, in order, and what was left out and why;
+    `deletions` counts the DocumentDeleted events among them."""
 
     operations: list[Upsert | DeleteDocument] = field(default_factory=list)
     skipped: dict[str, int] = field(default_factory=dict)
+    deletions: int = 0
 
     @property
     def records(self) -> int:
@@ -299,20 +366,22 @@ class IndexPlan:
 
 
 def index_plan(
-    events: Sequence[ChunkEmbedded],
+    events: Sequence[ChunkEmbedded | DocumentDeleted],
     *,
     collection_for: Callable[[str], str],
     model_for: Callable[[str], str],
     run_id: str | None = None,
     knowledge_bases: Sequence[str] = (),
 ) -> IndexPlan:
-    """Store operations for a batch of ChunkEmbedded: upserts grouped per collection between
-    deletes, so the store sees them in the topic's order.
+    """Store operations for a batch of ChunkEmbedded and DocumentDeleted: upserts grouped per
+    collection between deletes, so the store sees them in the topic's order.
 
     Left out (counted in `skipped`): vectors of another replay run than `run_id` (None: live
     vectors only), vectors of another model than the knowledge base's `model_for` (they would
     be compared with queries embedded by a different model), and other knowledge bases than
-    `knowledge_bases` when that is given.
+    `knowledge_bases` when that is given. A deletion applies when it is live or of `run_id`'s
+    own replay: a replay honours every live deletion (a deleted document never comes back),
+    while the live stage ignores a replay's copies of deletions it has already applied.
     """
     plan = IndexPlan()
     pending: dict[str, list[ChunkRecord]] = {}
@@ -328,6 +397,15 @@ def index_plan(
     for event in events:
         if knowledge_bases and event.knowledge_base not in knowledge_bases:
             skip("other_knowledge_base")
+            continue
+        if isinstance(event, DocumentDeleted):
+            if event.run_id not in (None, run_id):
+                skip("other_run")
+                continue
+            flush()
+            collection = collection_for(event.knowledge_base)
+            plan.operations.append(DeleteDocument(collection, event.tenant_id, event.doc_id))
+            plan.deletions += 1
             continue
         if event.run_id != run_id:
             skip("other_run")

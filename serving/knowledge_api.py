@@ -1,9 +1,10 @@
-"""Knowledge bases on the bridge: upload documents, search directly.
+"""Knowledge bases on the bridge: upload and delete documents, search directly.
 
-    POST /v1/knowledge/{kb}/documents   kb:write   a file → DocumentSubmitted (202 + doc ids)
-    POST /v1/knowledge/{kb}/search      kb:read    ranked chunks, context and citations
+    POST   /v1/knowledge/{kb}/documents        kb:write   a file → DocumentSubmitted (202 + ids)
+    DELETE /v1/knowledge/{kb}/documents/{id}   kb:write   → DocumentDeleted (202)
+    POST   /v1/knowledge/{kb}/search           kb:read    ranked chunks, context and citations
 
-Both authenticate like every bridge route (`Bridge._principal`); the tenant is the caller's,
+All authenticate like every bridge route (`Bridge._principal`); the tenant is the caller's,
 never the request's; the Authorizer decides `kb:write` / `kb:read` on `Resource(tenant, kb)`
 (roles, the key's and tenant's knowledge-base lists, ABAC rules) and a refusal is a 403 naming
 the rule.
@@ -19,6 +20,13 @@ an ACL outside the grammar, 413 over `rag.max_upload_bytes` or a document text o
 `rag.max_document_bytes`. A JSON or CSV file is one document per record. The answer, 202, comes
 once every DocumentSubmitted is on sg.documents (acks=all); the rag worker makes it searchable
 within seconds (embedding is the slow part).
+
+**Delete.** Journals a DocumentDeleted for the caller's tenant under the document's key on
+sg.documents and answers 202 once it is acknowledged; the rag worker carries it behind the
+document's earlier records and removes its chunks from the store (processors/ingestion.py).
+Never 404: the store cannot tell a document nobody submitted from one whose chunks are still
+on their way, and the deletion, ordered after them, removes those too; deleting an unknown id
+is harmless. The id is the rest of the path (URL-encode `#` as `%23`; `/` may stay).
 
 **Search.** JSON `{"query": "...", "top_k": 5, "mode": "hybrid" | "keyword" | "semantic" |
 "auto", "doc_ids": [...], "metadata": {"k": "v"}}`: the retriever the request path uses
@@ -52,6 +60,7 @@ from sluicegate.processors.enrichment import citations_payload
 from sluicegate.processors.ingestion import (
     InvalidDocumentError,
     check_knowledge_base,
+    deleted,
     submitted,
 )
 from sluicegate.processors.retrieval import RetrievalResult
@@ -88,7 +97,7 @@ def _answering_errors(handler: Handler) -> Handler:
 
 
 class KnowledgeApi:
-    """The two routes, on the bridge's identity, authorizer and journal producer."""
+    """The knowledge routes, on the bridge's identity, authorizer and journal producer."""
 
     def __init__(self, bridge: Bridge) -> None:
         self._bridge = bridge
@@ -98,6 +107,9 @@ class KnowledgeApi:
 
     def add_routes(self, app: web.Application) -> None:
         app.router.add_post("/v1/knowledge/{kb}/documents", _answering_errors(self.upload))
+        app.router.add_delete(
+            "/v1/knowledge/{kb}/documents/{doc_id:.+}", _answering_errors(self.delete)
+        )
         app.router.add_post("/v1/knowledge/{kb}/search", _answering_errors(self.search))
         app.on_cleanup.append(self._close)
 
@@ -193,6 +205,40 @@ class KnowledgeApi:
                 "status": "submitted",
                 "doc_id": documents[0]["doc_id"],
                 "documents": documents,
+            },
+            status=202,
+        )
+
+    # -- delete ---------------------------------------------------------------------------
+
+    async def delete(self, request: web.Request) -> web.Response:
+        principal, tenant, kb = await self._caller(request, KB_WRITE)
+        doc_id = request.match_info["doc_id"]
+        try:
+            event = deleted(
+                knowledge_base=kb,
+                tenant_id=tenant,
+                doc_id=doc_id,
+                producer=self._bridge.instance_id,
+                requested_by=principal.api_key_id,
+            )
+        except InvalidDocumentError as error:
+            raise KnowledgeApiError(400, str(error), code=error.reason) from None
+        journal = self._bridge.journal
+        assert journal is not None
+        topic = self._bridge.settings.topic("documents")
+        try:
+            await journal.publish(topic, doc_id, self._bridge.serde.encode(event))
+        except BrokerError as error:
+            raise KnowledgeApiError(
+                503, f"The deletion could not be journaled: {error}", code="journal_unavailable"
+            ) from None
+        return web.json_response(
+            {
+                "object": "knowledge.document.deletion",
+                "knowledge_base": kb,
+                "doc_id": doc_id,
+                "status": "submitted",
             },
             status=202,
         )

@@ -16,6 +16,10 @@ acknowledged by the broker (acks=all, idempotent producer) or written to the sto
   `rag.index_batch_s` per upsert (LanceDB writes a version per upsert), deletes a re-submitted
   document's old chunks first (processors/ingestion.py: index_plan).
 
+A `DocumentDeleted` on sg.documents is forwarded by the chunk and embed stages in its place
+(sg.chunks, sg.embeddings) and applied by the index stage (`store.delete_document`), so it
+always lands after the chunks of the document's earlier versions.
+
 At-least-once: a crash re-delivers the uncommitted batch, and every output is keyed so a repeat
 overwrites itself (chunk ids are stable; the store upserts by tenant and chunk id). A record a
 stage cannot process — undecodable, an invalid ACL, no text, a vector the collection cannot
@@ -43,7 +47,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Produ
 
 from sluicegate.connectors.knowledge import KnowledgeServices
 from sluicegate.connectors.vector_store import CollectionNotFoundError, VectorStoreError
-from sluicegate.errors import BrokerError
+from sluicegate.errors import BrokerError, SerializationError
 from sluicegate.processors.envelope import Emit
 from sluicegate.processors.ingestion import (
     ChunkStage,
@@ -52,7 +56,13 @@ from sluicegate.processors.ingestion import (
     Upsert,
     index_plan,
 )
-from sluicegate.schemas.models import ChunkCreated, ChunkEmbedded, DocumentSubmitted
+from sluicegate.schemas.models import (
+    ChunkCreated,
+    ChunkEmbedded,
+    DocumentDeleted,
+    DocumentSubmitted,
+    Event,
+)
 from sluicegate.schemas.serde import AvroSerde
 from sluicegate.settings import Settings
 from sluicegate.streams.dlq import dead_letter
@@ -69,7 +79,8 @@ class RagStats:
     chunks: int = 0
     embedded: int = 0
     indexed: int = 0
-    deleted_documents: int = 0
+    deleted_documents: int = 0  # documents whose chunks a delete removed (re-submission or not)
+    deletions: int = 0  # DocumentDeleted events applied by the index stage
     dead_letters: int = 0
     retries: int = 0
     skipped: dict[str, int] = field(default_factory=dict)
@@ -371,7 +382,7 @@ class RagWorker:
         documents = chunks = dead = 0
         for message in batch:
             try:
-                document = self.serde.decode_as(message.value() or b"", DocumentSubmitted)
+                document = decode_one_of(self.serde, message, DocumentSubmitted, DocumentDeleted)
                 emits = self._chunker.run(document)
             except Exception as error:  # a bad document never stops the loop
                 outputs.dead_letter(message, error, "rag.chunk")
@@ -379,8 +390,9 @@ class RagWorker:
                 continue
             for emit in emits:
                 outputs.send(emit)
-            documents += 1
-            chunks += len(emits)
+            if isinstance(document, DocumentSubmitted):
+                documents += 1
+                chunks += len(emits)
         outputs.wait()
         self.stats.documents += documents
         self.stats.chunks += chunks
@@ -388,41 +400,40 @@ class RagWorker:
 
     def _embed(self, batch: list[Message]) -> None:
         outputs = self._outputs["embed"]
-        decoded: list[tuple[Message, ChunkCreated]] = []
+        items: list[tuple[Message, ChunkCreated | DocumentDeleted]] = []
         dead = 0
         for message in batch:
             try:
-                decoded.append(
-                    (message, self.serde.decode_as(message.value() or b"", ChunkCreated))
-                )
+                item = decode_one_of(self.serde, message, ChunkCreated, DocumentDeleted)
+                items.append((message, item))
             except Exception as error:
                 outputs.dead_letter(message, error, "rag.embed")
                 dead += 1
         started = time.perf_counter()
-        emits, failed = embed_isolating(self._embedder, decoded)
+        emits, failed = embed_isolating(self._embedder, items)
         for message, error in failed:
             outputs.dead_letter(message, error, "rag.embed")
         for emit in emits:
             outputs.send(emit)
         outputs.wait()
         self.stats.embed_seconds += time.perf_counter() - started
-        self.stats.embedded += len(emits)
+        self.stats.embedded += sum(1 for e in emits if isinstance(e.event, ChunkEmbedded))
         self.stats.dead_letters += dead + len(failed)
 
     def _index(self, batch: list[Message]) -> None:
         outputs = self._outputs["index"]
-        decoded: list[tuple[Message, ChunkEmbedded]] = []
+        items: list[tuple[Message, ChunkEmbedded | DocumentDeleted]] = []
         for message in batch:
             try:
-                decoded.append(
-                    (message, self.serde.decode_as(message.value() or b"", ChunkEmbedded))
+                items.append(
+                    (message, decode_one_of(self.serde, message, ChunkEmbedded, DocumentDeleted))
                 )
             except Exception as error:
                 outputs.dead_letter(message, error, "rag.index")
                 self.stats.dead_letters += 1
-        events = [event for _, event in decoded]
+        events = [event for _, event in items]
         indexed, deleted, failed, skipped = apply_index(
-            self.services, events, messages=[m for m, _ in decoded]
+            self.services, events, messages=[m for m, _ in items]
         )
         for event in events:
             self._written[self.services.collection(event.knowledge_base)] = time.monotonic()
@@ -432,6 +443,9 @@ class RagWorker:
         outputs.wait()
         self.stats.indexed += indexed
         self.stats.deleted_documents += deleted
+        self.stats.deletions += sum(
+            1 for e in events if isinstance(e, DocumentDeleted) and e.run_id is None
+        )
         self.stats.dead_letters += len(failed)
         self.stats.skip(skipped)
 
@@ -453,8 +467,17 @@ class RagWorker:
                 log.warning("rag.index: optimizing %s failed: %s", collection, error)
 
 
+def decode_one_of(serde: AvroSerde, message: Message, *models: type[Event]) -> Any:
+    """The record's event if it is one of `models`, else SerializationError (dead-lettered)."""
+    event = serde.decode(message.value() or b"")
+    if not isinstance(event, models):
+        names = " or ".join(m.__name__ for m in models)
+        raise SerializationError(f"expected {names}, got {type(event).__name__}")
+    return event
+
+
 def embed_isolating(
-    stage: EmbedStage, decoded: Sequence[tuple[Message, ChunkCreated]]
+    stage: EmbedStage, decoded: Sequence[tuple[Message, ChunkCreated | DocumentDeleted]]
 ) -> tuple[list[Emit], list[tuple[Message, BaseException]]]:
     """Embed a batch; if the batch call fails, each chunk alone, so one chunk an embedding
     server refuses is dead-lettered instead of blocking the partition. When every chunk fails
@@ -480,7 +503,7 @@ def embed_isolating(
 
 def apply_index(
     services: KnowledgeServices,
-    events: Sequence[ChunkEmbedded],
+    events: Sequence[ChunkEmbedded | DocumentDeleted],
     *,
     messages: Sequence[Any] = (),
     collection: str | None = None,
@@ -499,7 +522,11 @@ def apply_index(
         run_id=run_id,
         knowledge_bases=knowledge_bases,
     )
-    message_of = {(e.tenant_id, e.chunk_id): m for e, m in zip(events, messages, strict=False)}
+    message_of = {
+        (e.tenant_id, e.chunk_id): m
+        for e, m in zip(events, messages, strict=False)
+        if isinstance(e, ChunkEmbedded)
+    }
     store = services.store
     upserted = deleted = 0
     failed: list[tuple[Any, BaseException]] = []

@@ -15,6 +15,7 @@ sluicegate trace-export  the traces topic → an OpenTelemetry backend over OTLP
 sluicegate keys create|list|rotate|revoke   API keys on sg.identity (operator)
 sluicegate ingest PATH… --kb NAME   parse files into a knowledge base (sg.documents)
 sluicegate rag         the RAG ingestion worker (chunk, embed, index); --reindex replays
+sluicegate rag rechunk|delete   re-chunk a knowledge base by replay; remove documents
 sluicegate audit verify  check the audit trail's hash chains
 sluicegate prompts create|update|list|show|diff|label|rollback|render   the prompt registry
 sluicegate eval run|compare|keep   eval datasets through the pipeline (docs/evals.md)

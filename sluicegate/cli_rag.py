@@ -3,6 +3,13 @@
     sluicegate ingest docs/ handbook.pdf --kb support --acl role:support --tenant acme
     sluicegate rag                                    # the ingestion worker (chunk, embed, index)
     sluicegate rag --reindex --kb support --collection support_v2 [--from chunks]
+    sluicegate rag rechunk --kb support --chunk-tokens 120 [--collection support_v3]
+    sluicegate rag delete --kb support --tenant acme guide.md
+
+`rechunk` replays sg.documents through the chunker with the knowledge base's settings changed
+by the options given, into a new collection or (without `--collection`) its own, replacing
+each document's chunks (serving/rag_replay.py: run_rechunk). `delete` journals a
+DocumentDeleted per id, which the rag worker applies behind the document's earlier records.
 
 `ingest` parses each file here (PDF, HTML, Markdown, text, JSON/JSONL, CSV/TSV; a directory is
 walked) and publishes one DocumentSubmitted per document to sg.documents (idempotent producer,
@@ -200,7 +207,106 @@ def cmd_ingest(settings: Settings, args: argparse.Namespace) -> int:
     return 0 if not (refused or undelivered or left) else 1
 
 
+CHUNK_OPTIONS = (
+    "chunker",
+    "chunk_tokens",
+    "overlap_tokens",
+    "min_chunk_tokens",
+    "parent_tokens",
+    "breakpoint_percentile",
+)
+
+
+def rechunk_settings(settings: Settings, knowledge_base: str, args: argparse.Namespace) -> Any:
+    """The knowledge base's settings (or the defaults) with the chunker options given; the
+    settings' own validation applies (ValidationError)."""
+    from sluicegate.settings import KnowledgeBaseSettings
+
+    current = settings.rag.knowledge_bases.get(knowledge_base) or KnowledgeBaseSettings()
+    changes = {n: getattr(args, n) for n in CHUNK_OPTIONS if getattr(args, n) is not None}
+    return KnowledgeBaseSettings.model_validate({**current.model_dump(), **changes})
+
+
+def cmd_rechunk(settings: Settings, args: argparse.Namespace) -> int:
+    from pydantic import ValidationError
+
+    from sluicegate.connectors.schema_registry import build_serde
+    from sluicegate.connectors.vector_store import VectorStoreError, check_collection_name
+    from sluicegate.serving.rag_replay import run_rechunk
+    from sluicegate.streams.topics import ensure_topics
+
+    try:
+        chunking = rechunk_settings(settings, args.kb, args)
+        if args.collection:
+            check_collection_name(args.collection)
+    except (ValidationError, VectorStoreError) as error:
+        print(f"rag rechunk: {error}", file=sys.stderr)
+        return 2
+    ensure_topics(settings)
+    report = run_rechunk(
+        settings,
+        build_serde(settings),
+        knowledge_base=args.kb,
+        chunking=chunking,
+        collection=args.collection,
+        progress=_progress,
+    )
+    if sys.stderr.isatty():
+        sys.stderr.write("\n")
+    configure = {n: getattr(chunking, n) for n in CHUNK_OPTIONS}
+    configure["collection"] = report.collection
+    print(json.dumps({**vars(report), f"rag.knowledge_bases.{args.kb}": configure}))
+    return 0
+
+
+def cmd_delete(settings: Settings, args: argparse.Namespace) -> int:
+    from sluicegate.cli_kafka import publish_events
+    from sluicegate.errors import BrokerError
+    from sluicegate.processors.ingestion import InvalidDocumentError, deleted
+    from sluicegate.streams.topics import ensure_topics
+
+    try:
+        events = [
+            deleted(
+                knowledge_base=args.kb,
+                tenant_id=args.tenant,
+                doc_id=doc_id,
+                producer=PRODUCER,
+                requested_by=PRODUCER,
+            )
+            for doc_id in args.doc_ids
+        ]
+    except InvalidDocumentError as error:
+        print(f"rag delete: {error}", file=sys.stderr)
+        return 2
+    ensure_topics(settings)
+    try:
+        publish_events(settings, "documents", [(e.doc_id, e) for e in events])
+    except BrokerError as error:
+        print(f"rag delete: {error}", file=sys.stderr)
+        return 1
+    summary = {
+        "knowledge_base": args.kb,
+        "tenant": args.tenant,
+        "topic": settings.topic("documents"),
+        "deleted": [e.doc_id for e in events],
+        "status": "submitted",
+    }
+    print(json.dumps(summary))
+    return 0
+
+
+def _progress(report: Any) -> None:
+    if sys.stderr.isatty():
+        sys.stderr.write(f"\r{report.records} records, {report.documents} documents")
+        sys.stderr.flush()
+
+
 def cmd_rag(settings: Settings, args: argparse.Namespace) -> int:
+    if args.rag_command == "rechunk":
+        return cmd_rechunk(settings, args)
+    if args.rag_command == "delete":
+        return cmd_delete(settings, args)
     if not args.reindex:
         from sluicegate.serving.rag_worker import run_rag
 
@@ -220,12 +326,6 @@ def cmd_rag(settings: Settings, args: argparse.Namespace) -> int:
         print(f"rag: {error}", file=sys.stderr)
         return 2
     ensure_topics(settings)
-
-    def progress(report: Any) -> None:
-        if sys.stderr.isatty():
-            sys.stderr.write(f"\r{report.records} records, {report.documents} documents")
-            sys.stderr.flush()
-
     report = run_reindex(
         settings,
         build_serde(settings),
@@ -233,7 +333,7 @@ def cmd_rag(settings: Settings, args: argparse.Namespace) -> int:
         collection=args.collection,
         source=args.source,
         run_id=args.run_id,
-        progress=progress,
+        progress=_progress,
     )
     if sys.stderr.isatty():
         sys.stderr.write("\n")
@@ -268,4 +368,25 @@ def add_parsers(sub: Any) -> dict[str, Callable[[Settings, argparse.Namespace], 
         help="embeddings: the vectors as they are; chunks: embed again (a new model)",
     )
     rag.add_argument("--run-id", help="with --from embeddings: the vectors of this re-embed run")
+    verbs = rag.add_subparsers(dest="rag_command", metavar="{rechunk,delete}")
+    rechunk = verbs.add_parser(
+        "rechunk", help="replay sg.documents of one KB through the chunker with new settings"
+    )
+    rechunk.add_argument("--kb", required=True, help="knowledge base to re-chunk")
+    rechunk.add_argument("--chunker", choices=("recursive", "sliding", "semantic", "hierarchical"))
+    for option, kind, what in (
+        ("--chunk-tokens", int, "largest chunk (the child under hierarchical)"),
+        ("--overlap-tokens", int, "window overlap (sliding)"),
+        ("--min-chunk-tokens", int, "smaller chunks join a neighbour"),
+        ("--parent-tokens", int, "parent size (hierarchical)"),
+        ("--breakpoint-percentile", float, "distance percentile that breaks (semantic)"),
+    ):
+        rechunk.add_argument(option, type=kind, help=what)
+    rechunk.add_argument(
+        "--collection", help="a new collection (default: the KB's own, replacing its chunks)"
+    )
+    delete = verbs.add_parser("delete", help="remove documents from a knowledge base")
+    delete.add_argument("--kb", required=True, help="knowledge base")
+    delete.add_argument("--tenant", default="default", help="owning tenant")
+    delete.add_argument("doc_ids", nargs="+", metavar="DOCUMENT_ID", help="document id(s)")
     return {"ingest": cmd_ingest, "rag": cmd_rag}

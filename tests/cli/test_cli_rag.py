@@ -1,4 +1,4 @@
-"""`sluicegate ingest`: which files, what is published, what is refused."""
+"""`sluicegate ingest` and the `rag` verbs: which files, what is published, what is refused."""
 
 from __future__ import annotations
 
@@ -6,11 +6,13 @@ import io
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
-from sluicegate.cli_rag import Progress, _metadata, documents_of, files_of
+from sluicegate.cli import parser
+from sluicegate.cli_rag import Progress, _metadata, documents_of, files_of, rechunk_settings
 from sluicegate.processors.ingestion import InvalidDocumentError
 from sluicegate.schemas.models import DocumentSubmitted
-from sluicegate.settings import RagSettings, Settings
+from sluicegate.settings import KnowledgeBaseSettings, RagSettings, Settings
 
 pytestmark = pytest.mark.unit
 
@@ -85,3 +87,33 @@ def test_the_progress_bar_is_silent_off_a_terminal() -> None:
     bar.update(1, "a.md")
     bar.close()
     assert out.getvalue() == ""
+
+
+def test_rechunk_changes_only_the_options_given_and_validates_them() -> None:
+    kb = KnowledgeBaseSettings(chunker="sliding", chunk_tokens=200, overlap_tokens=40)
+    settings = Settings(rag=RagSettings(knowledge_bases={"docs": kb}))
+    args = parser().parse_args(["rag", "rechunk", "--kb", "docs", "--chunk-tokens", "64"])
+    chunking = rechunk_settings(settings, "docs", args)
+    assert (chunking.chunker, chunking.chunk_tokens, chunking.overlap_tokens) == (
+        "sliding",
+        64,
+        40,
+    )
+    unconfigured = rechunk_settings(settings, "wiki", args)  # the defaults, resized
+    assert (unconfigured.chunker, unconfigured.chunk_tokens) == ("recursive", 64)
+    overlapping = parser().parse_args(
+        ["rag", "rechunk", "--kb", "docs", "--chunk-tokens", "32", "--overlap-tokens", "32"]
+    )
+    with pytest.raises(ValidationError, match="overlap_tokens"):
+        rechunk_settings(settings, "docs", overlapping)
+
+
+def test_the_rag_verbs_parse_beside_the_worker_and_reindex() -> None:
+    reindex = parser().parse_args(["rag", "--reindex", "--kb", "docs", "--collection", "v2"])
+    assert (reindex.rag_command, reindex.reindex, reindex.collection) == (None, True, "v2")
+    delete = parser().parse_args(["rag", "delete", "--kb", "docs", "a.md", "rows.csv#1"])
+    assert (delete.rag_command, delete.tenant, delete.doc_ids) == (
+        "delete",
+        "default",
+        ["a.md", "rows.csv#1"],
+    )

@@ -67,3 +67,22 @@ def test_build_vector_store_from_settings(tmp_path) -> None:
     assert isinstance(store, LanceDBVectorStore) and isinstance(store, VectorStore)
     store.upsert("kb", [record("a#c0", "built from settings", vec(1, 0, 0, 0))])
     assert (tmp_path / "lance").is_dir()
+
+
+def test_a_deletion_holds_in_the_indices_before_and_after_they_are_rebuilt(tmp_path) -> None:
+    store = LanceDBVectorStore(path=tmp_path, optimize_every_rows=3, read_consistency_s=None)
+    where = SearchFilter.unrestricted()
+    store.upsert(
+        "kb", [record(f"d{i}#c0", f"zeppelin hangar {i}", vec(1, i, 0, 0)) for i in range(3)]
+    )
+    # The third row built the full-text index: d1's row is in it when it is deleted.
+    assert store.delete_document("kb", tenant_id="acme", doc_id="d1") == 1
+
+    def found() -> set[str]:
+        keyword = store.keyword_search("kb", "zeppelin hangar", top_k=5, where=where)
+        dense = store.dense_search("kb", np.asarray([1, 1, 0, 0.0]), top_k=5, where=where)
+        return {h.record.doc_id for h in keyword + dense}
+
+    assert found() == {"d0", "d2"}
+    store.optimize("kb")
+    assert found() == {"d0", "d2"}

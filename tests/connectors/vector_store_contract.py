@@ -221,6 +221,24 @@ class VectorStoreContract:
         assert "guide#c1" not in ids(hits)
         assert store.count(collection) == 3
 
+    def test_a_deleted_document_is_never_found_and_can_come_back(
+        self, store: VectorStore, collection: str
+    ) -> None:
+        self.seed(store, collection)
+        everyone = SearchFilter.unrestricted()
+        store.delete_document(collection, tenant_id="acme", doc_id="guide")
+        dense = store.dense_search(collection, vec(0, 1, 0, 0), top_k=9, where=everyone)
+        keyword = store.keyword_search(collection, "ERR-7731 kettle", top_k=9, where=everyone)
+        gone = store.fetch(collection, ["guide#c0", "guide#c1"], tenant_id="acme", where=everyone)
+        assert not [h for h in dense + keyword if h.record.doc_id == "guide"] and gone == []
+        assert store.delete_document(collection, tenant_id="globex", doc_id="shared") == 0
+        store.upsert(collection, [record("guide#c0", "ERR-7731 is back.", vec(0, 1, 0, 0))])
+        back = store.keyword_search(collection, "ERR-7731", top_k=9, where=everyone)
+        assert ids(back) == ["guide#c0"]
+        assert ids(store.dense_search(collection, vec(0, 1, 0, 0), top_k=1, where=everyone)) == [
+            "guide#c0"
+        ]
+
     def test_dimension_mismatch(self, store: VectorStore, collection: str) -> None:
         self.seed(store, collection)
         with pytest.raises(DimensionMismatchError):

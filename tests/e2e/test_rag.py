@@ -1,6 +1,8 @@
 """RAG end to end: upload over HTTP → the rag worker indexes it → a chat request on an alias
 with a knowledge base reaches the upstream with the retrieved context and comes back with
-citations; other tenants and roles the document's ACL leaves out never see it."""
+citations; other tenants and roles the document's ACL leaves out never see it. JWT callers are
+enriched by the roles and groups the bridge verified, and a document deleted over HTTP leaves
+search and chat."""
 
 from __future__ import annotations
 
@@ -12,11 +14,15 @@ from dataclasses import dataclass
 from typing import Any
 
 import httpx
+import jwt
 import openai
 import pytest
+from pydantic import SecretStr
 
 from sluicegate.settings import (
+    AccessRule,
     BridgeSettings,
+    JwtSettings,
     KafkaSettings,
     ModelAlias,
     RagSettings,
@@ -51,12 +57,54 @@ SECRET = (
 )
 
 
+JWT_SECRET = "an-hs256-secret-of-the-rag-tests-0123456789"
+JWT = JwtSettings(
+    enabled=True,
+    algorithms=["HS256"],
+    hmac_secret=SecretStr(JWT_SECRET),
+    attribute_claims={"groups": "groups", "department": "department"},
+)
+# JWT callers read the handbook only from a staff department: an attribute rule the worker can
+# only apply to a chat request from the facts the bridge journaled.
+STAFF_ONLY = AccessRule(
+    name="handbook-staff",
+    effect="deny",
+    actions=["kb:read"],
+    resources=[KB],
+    when={"method": "jwt"},
+    unless={"department": ["sre", "support"]},
+)
+
+
+@dataclass(frozen=True)
+class Token:
+    """A JWT caller of the default tenant (what `Rag` needs of a caller: a token)."""
+
+    roles: tuple[str, ...]
+    groups: str | None = None
+    department: str | None = "sre"
+    subject: str = "alice"
+
+    @property
+    def token(self) -> str:
+        claims: dict[str, Any] = {
+            "sub": self.subject,
+            "tenant": "default",
+            "roles": list(self.roles),
+            "exp": int(time.time()) + 600,
+        }
+        for name in ("groups", "department"):
+            if getattr(self, name) is not None:
+                claims[name] = getattr(self, name)
+        return jwt.encode(claims, JWT_SECRET, algorithm="HS256")
+
+
 @dataclass
 class Rag:
     settings: Settings
     url: str
 
-    def client(self, key: CallerKey) -> openai.OpenAI:
+    def client(self, key: CallerKey | Token) -> openai.OpenAI:
         return openai.OpenAI(
             base_url=f"{self.url}/v1", api_key=key.token, max_retries=0, timeout=60
         )
@@ -70,7 +118,14 @@ class Rag:
             timeout=30,
         )
 
-    def search(self, key: CallerKey, query: str) -> dict[str, Any]:
+    def delete(self, key: CallerKey | Token, doc_id: str) -> httpx.Response:
+        return httpx.delete(
+            f"{self.url}/v1/knowledge/{KB}/documents/{doc_id}",
+            headers={"Authorization": f"Bearer {key.token}"},
+            timeout=30,
+        )
+
+    def search(self, key: CallerKey | Token, query: str) -> dict[str, Any]:
         response = httpx.post(
             f"{self.url}/v1/knowledge/{KB}/search",
             json={"query": query},
@@ -97,6 +152,9 @@ def rag(settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterato
                 inference_metrics_port=None,
             ),
             "bridge": BridgeSettings(port=free_port(), request_timeout_s=60),
+            "auth": settings.auth.model_copy(
+                update={"jwt": JWT, "rules": [*settings.auth.rules, STAFF_ONLY]}
+            ),
             "rag": RagSettings(
                 path=tmp_path_factory.mktemp("rag-lancedb"), embed_batch_s=0.1, index_batch_s=0.2
             ),
@@ -242,3 +300,96 @@ def test_what_enrichment_adds_to_a_request(rag: Rag, indexed: dict[str, str]) ->
     plain, enriched = p50("gpt-fake"), p50("gpt-rag")
     print(f"\nround trip p50: {plain:.0f} ms plain, {enriched:.0f} ms enriched")
     assert enriched - plain < 1500  # retrieval is tens of ms; seconds would be a regression
+
+
+ROTA = (
+    "# On-call rota\n\nThe standby pager for the quarter is held by the storage team; the "
+    "escalation passphrase is walrus-lantern."
+)
+
+
+def cited(reply: Any) -> set[str]:
+    return {c["doc_id"] for c in reply.model_extra["sluicegate"]["citations"]}
+
+
+def test_jwt_callers_are_enriched_by_their_verified_roles_and_groups(
+    rag: Rag, indexed: dict[str, str], upstream: Any
+) -> None:
+    rota = rag.upload(CALLER, "rota.md", ROTA, acl="group:oncall")
+    assert rota.status_code == 202, rota.text
+    oncall = Token(roles=("developer",), groups="sre,oncall")
+    deadline = time.monotonic() + 60
+    while "rota.md" not in {d["doc_id"] for d in rag.search(oncall, "standby pager")["data"]}:
+        assert time.monotonic() < deadline, "rota.md not searchable after 60 s"
+        time.sleep(0.5)
+
+    def ask(caller: Token, question: str) -> tuple[set[str], str]:
+        marker = uuid.uuid4().hex[:8]
+        reply = rag.client(caller).chat.completions.create(
+            model="gpt-rag", messages=[{"role": "user", "content": f"{question} ({marker})"}]
+        )
+        sent = sent_with(upstream, marker)["messages"]
+        return cited(reply), " ".join(m["content"] for m in sent if m["role"] == "system")
+
+    # In the group: the group's document is cited, its text reached the model.
+    sources, context = ask(oncall, "Who holds the standby pager?")
+    assert "rota.md" in sources and "walrus-lantern" in context
+    # The same role without the group: never the group's document.
+    sources, context = ask(Token(roles=("developer",), groups="sre"), "Who holds the pager?")
+    assert "rota.md" not in sources and "walrus-lantern" not in context
+    # Roles decide the rest, as for a key: an admin reads the board notes, a service does not.
+    sources, context = ask(Token(roles=("admin",)), "What is the emergency budget?")
+    assert indexed["secret"] in sources and "42,000" in context
+    sources, context = ask(Token(roles=("service",)), "What is the emergency budget?")
+    assert indexed["secret"] not in sources and "42,000" not in context
+
+    # Outside a staff department (the attribute rule), even in the group: the bridge lets the
+    # chat request in (model:use), admission refuses it (kb:read), nothing reaches the model.
+    marker = uuid.uuid4().hex[:8]
+    outsider = Token(roles=("developer",), groups="oncall", department="sales")
+    with pytest.raises(openai.PermissionDeniedError) as refused:
+        rag.client(outsider).chat.completions.create(
+            model="gpt-rag",
+            messages=[{"role": "user", "content": f"Who holds the standby pager? ({marker})"}],
+        )
+    assert refused.value.status_code == 403 and "handbook-staff" in str(refused.value)
+    assert not [r for r in upstream.requests if marker in r["messages"][-1]["content"]]
+    assert (
+        rag.client(outsider)
+        .chat.completions.create(  # the same caller, no knowledge base
+            model="gpt-fake", messages=[{"role": "user", "content": "Hello?"}]
+        )
+        .choices
+    )
+
+
+def test_a_document_deleted_over_http_leaves_search_and_chat(
+    rag: Rag, indexed: dict[str, str], upstream: Any
+) -> None:
+    text = "# Heliograph\n\nThe heliograph on the roof signals the ferry at noon."
+    assert rag.upload(CALLER, "heliograph.md", text).status_code == 202
+
+    def found() -> bool:
+        return "heliograph.md" in {d["doc_id"] for d in rag.search(CALLER, "heliograph")["data"]}
+
+    def wait(until: bool) -> None:
+        deadline = time.monotonic() + 60
+        while found() is not until:
+            assert time.monotonic() < deadline, f"searchable is not {until} after 60 s"
+            time.sleep(0.5)
+
+    wait(True)
+    refused = rag.delete(Token(roles=("viewer",)), "heliograph.md")  # kb:read only
+    assert refused.status_code == 403
+    answer = rag.delete(CALLER, "heliograph.md")
+    assert answer.status_code == 202, answer.text
+    assert answer.json()["doc_id"] == "heliograph.md"
+    wait(False)
+    marker = uuid.uuid4().hex[:8]
+    reply = rag.client(CALLER).chat.completions.create(
+        model="gpt-rag",
+        messages=[{"role": "user", "content": f"What does the heliograph signal? ({marker})"}],
+    )
+    assert "heliograph.md" not in cited(reply)
+    assert rag.upload(CALLER, "heliograph.md", text).status_code == 202  # it can come back
+    wait(True)

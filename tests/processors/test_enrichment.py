@@ -8,6 +8,7 @@ import time
 from typing import Any
 
 import pytest
+from pydantic import SecretStr
 
 from sluicegate.connectors.vector_store import ChunkRecord, InMemoryVectorStore
 from sluicegate.processors.admission import Admission, AwaitingEmbedding
@@ -17,6 +18,7 @@ from sluicegate.processors.chunking import RegexTokenizer
 from sluicegate.processors.enrichment import (
     AwaitingRetrieval,
     Enricher,
+    RefusedError,
     RetrievalOutcome,
     cited,
     principal_of,
@@ -41,11 +43,13 @@ from sluicegate.schemas.models import (
     Span,
     TenantRecord,
     TokenUsage,
+    VerifiedPrincipal,
 )
 from sluicegate.settings import (
     AccessRule,
     AuthSettings,
     Deployment,
+    JwtSettings,
     ModelAlias,
     RagSettings,
     Settings,
@@ -260,7 +264,7 @@ def test_another_tenants_caller_gets_nothing_of_this_tenant() -> None:
         ("k-revoked", {"status": REVOKED}, "permission_denied"),
         ("k-expired", {"expires_at_ms": NOW_MS - 1}, "permission_denied"),
         ("k-ghost", None, "permission_denied"),
-        ("jwt:alice", None, "knowledge_base_needs_api_key"),
+        ("jwt:alice", None, "permission_denied"),  # JWTs are off in these settings
         (None, None, "permission_denied"),
     ],
 )
@@ -296,6 +300,112 @@ def test_anonymous_callers_only_without_required_auth() -> None:
     open_auth = AuthSettings(required=False)
     principal = principal_of(request, Directory(), open_auth, now_ms=NOW_MS)
     assert (principal.tenant_id, principal.roles) == ("acme", frozenset({"developer"}))
+
+
+# -- JWT callers: rebuilt from the facts the bridge verified and journaled ---------------------
+
+JWT_AUTH = AuthSettings(
+    jwt=JwtSettings(enabled=True, algorithms=["HS256"], hmac_secret=SecretStr("s" * 32))
+)
+
+
+def facts(subject: str = "alice", tenant_id: str = "acme", **fields: Any) -> VerifiedPrincipal:
+    fields.setdefault("roles", ["developer"])
+    fields.setdefault("expires_at_ms", NOW_MS + 60_000)
+    return VerifiedPrincipal(method="jwt", tenant_id=tenant_id, subject=subject, **fields)
+
+
+def jwt_ask(verified: VerifiedPrincipal | None, *, key: str = "jwt:alice") -> RequestReceived:
+    return ask(key=key).model_copy(update={"principal": verified})
+
+
+def jwt_admission(store: InMemoryVectorStore | None = None) -> tuple[Admission, Directory]:
+    config = settings().model_copy(update={"auth": JWT_AUTH})
+    gate, directory, _ = admission(config, store=store)
+    return gate, directory
+
+
+def test_a_jwt_principal_is_rebuilt_from_its_journaled_facts() -> None:
+    directory = Directory()
+    directory.tenants["acme"] = tenant(
+        "acme", allowed_knowledge_bases=["docs"], attributes={"region": "eu"}
+    )
+    verified = facts(roles=["viewer"], attributes={"groups": "sre", "region": "us"})
+    principal = principal_of(jwt_ask(verified), directory, JWT_AUTH, now_ms=NOW_MS)
+    assert (principal.method, principal.subject, principal.api_key_id) == (
+        "jwt",
+        "alice",
+        "jwt:alice",
+    )
+    assert principal.roles == {"viewer"} and principal.key_id is None
+    assert principal.attributes == {"groups": "sre", "region": "eu"}  # the tenant's win
+    assert principal.tenant_knowledge_bases == ("docs",)
+    assert principal.expires_at_ms == verified.expires_at_ms
+
+
+@pytest.mark.parametrize(
+    ("auth", "verified", "key", "status", "code"),
+    [
+        (AuthSettings(), facts(), "jwt:alice", 403, "permission_denied"),  # JWTs off here
+        (JWT_AUTH, None, "jwt:alice", 403, "unverified_principal"),  # an older bridge
+        (JWT_AUTH, facts("mallory"), "jwt:alice", 403, "unverified_principal"),
+        (JWT_AUTH, facts(expires_at_ms=NOW_MS - 31_000), "jwt:alice", 401, "expired_token"),
+        (JWT_AUTH, facts(expires_at_ms=None), "jwt:alice", 401, "expired_token"),
+        (JWT_AUTH, facts(tenant_id="newco"), "jwt:alice", 403, "permission_denied"),
+    ],
+)
+def test_jwt_facts_that_do_not_hold_are_refused(
+    auth: AuthSettings, verified: VerifiedPrincipal | None, key: str, status: int, code: str
+) -> None:
+    with pytest.raises(RefusedError) as refused:
+        principal_of(jwt_ask(verified, key=key), Directory(), auth, now_ms=NOW_MS)
+    assert (refused.value.refusal.http_status, refused.value.refusal.code) == (status, code)
+
+
+def test_a_token_within_the_leeway_and_an_unknown_tenant_when_allowed_pass() -> None:
+    late = facts(expires_at_ms=NOW_MS - 29_000)  # the verifier's 30 s leeway
+    assert principal_of(jwt_ask(late), Directory(), JWT_AUTH, now_ms=NOW_MS).subject == "alice"
+    lenient = JWT_AUTH.model_copy(
+        update={"jwt": JWT_AUTH.jwt.model_copy(update={"require_known_tenant": False})}
+    )
+    newco = facts(tenant_id="newco")
+    assert principal_of(jwt_ask(newco), Directory(), lenient, now_ms=NOW_MS).tenant_id == "newco"
+    directory = Directory()
+    directory.tenants["acme"] = tenant("acme").model_copy(update={"status": "disabled"})
+    with pytest.raises(RefusedError):
+        principal_of(jwt_ask(facts()), directory, JWT_AUTH, now_ms=NOW_MS)
+
+
+def test_jwt_callers_get_what_their_roles_and_groups_may_read() -> None:
+    store = seeded_store()
+    store.upsert(
+        "docs",
+        [record("pager#c0", "The gateway retries pages to on-call.", acl=("group:oncall",))],
+    )
+    gate, _ = jwt_admission(store)
+
+    def cited(verified: VerifiedPrincipal) -> set[str]:
+        task = resumed(gate.run(jwt_ask(verified)))[0].event
+        return {c["doc_id"] for c in json.loads(task.citations_json)}
+
+    assert cited(facts()) == {"guide"}
+    assert cited(facts(attributes={"groups": "sre,oncall"})) == {"guide", "pager"}
+    assert cited(facts(roles=["admin"])) == {"guide", "board"}
+    assert cited(facts(roles=["viewer"])) == {"guide"}
+
+
+def test_a_jwt_without_a_reading_role_or_past_its_expiry_never_retrieves() -> None:
+    gate, _ = jwt_admission()
+    for verified, code in (
+        (facts(roles=[]), "permission_denied"),
+        (facts(roles=["auditor"]), "permission_denied"),
+        (facts(expires_at_ms=NOW_MS - 60_000), "expired_token"),
+    ):
+        emits = gate.run(jwt_ask(verified))
+        assert isinstance(emits, list), verified  # refused before any retrieval
+        rejected = emits[0].event
+        assert isinstance(rejected, RequestRejected) and rejected.code == code
+        assert not any(isinstance(e.event, InferenceTask | RequestEnriched) for e in emits)
 
 
 def test_a_failed_retrieval_is_a_503_or_goes_on_without_context() -> None:

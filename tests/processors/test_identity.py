@@ -27,11 +27,14 @@ from sluicegate.processors.identity import (
     bootstrap_records,
     identity_envelope,
     issue_key,
+    journaled_claims,
+    journaled_principal,
     limit_rule,
     parse_key,
     record_key,
     revised,
     token_from_headers,
+    token_principal,
 )
 from sluicegate.schemas.models import ApiKeyRecord, IdentityLimits, PolicyRecord, TenantRecord
 from sluicegate.settings import AuthSettings, JwtSettings, LimitRule
@@ -442,3 +445,29 @@ def test_a_token_for_an_unknown_tenant_is_refused_unless_allowed(hasher: Countin
     lenient = AuthSettings(jwt=JwtSettings(require_known_tenant=False))
     registry = IdentityRegistry(settings=lenient, hasher=hasher, token_verifier=verifier)
     assert registry.authenticate("a.b.c", now_ms=NOW).tenant_id == "newco"
+
+
+def test_the_journaled_facts_of_a_token_rebuild_the_same_principal(
+    hasher: CountingHasher, issued: IssuedKey
+) -> None:
+    verifier = FakeVerifier(
+        claims(
+            roles=frozenset({"viewer", "oncall"}),
+            attributes={"groups": "sre,dba"},
+            allowed_models=("gpt-4o",),
+            expires_at_ms=NOW + 60_000,
+        )
+    )
+    registry = IdentityRegistry(settings=AuthSettings(), hasher=hasher, token_verifier=verifier)
+    acme = tenant(allowed_knowledge_bases=["handbook"], attributes={"region": "eu"})
+    registry.apply(acme)
+    registry.apply(key(hasher, issued))
+    principal = registry.authenticate("a.b.c", now_ms=NOW)
+    facts = journaled_principal(principal)
+    assert facts is not None and facts.method == "jwt" and facts.subject == "alice"
+    assert (facts.roles, facts.expires_at_ms) == (["oncall", "viewer"], NOW + 60_000)
+    assert facts.attributes == {"groups": "sre,dba", "region": "eu"}
+    assert "a.b.c" not in facts.model_dump_json()  # facts, never the token
+    assert token_principal(journaled_claims(facts), acme) == principal
+    # API keys are rebuilt from sg.identity downstream: nothing is journaled for them.
+    assert journaled_principal(registry.authenticate(issued.token, now_ms=NOW)) is None

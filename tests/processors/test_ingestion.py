@@ -14,12 +14,18 @@ from sluicegate.processors.ingestion import (
     EmbedStage,
     InvalidDocumentError,
     Upsert,
+    deleted,
     index_plan,
     record_of,
     starts_document,
     submitted,
 )
-from sluicegate.schemas.models import ChunkCreated, ChunkEmbedded, DocumentSubmitted
+from sluicegate.schemas.models import (
+    ChunkCreated,
+    ChunkEmbedded,
+    DocumentDeleted,
+    DocumentSubmitted,
+)
 from sluicegate.settings import KnowledgeBaseSettings
 from tests.builders import envelope
 from tests.fakes.embedders import HashEmbedder
@@ -252,3 +258,78 @@ def test_the_same_document_gives_the_same_chunk_ids() -> None:
     first = [(e.event.chunk_id, e.event.text) for e in stage.run(document())]
     again = [(e.event.chunk_id, e.event.text) for e in stage.run(document())]
     assert first == again
+
+
+# -- deletions ---------------------------------------------------------------------------------
+
+
+def deletion(doc_id: str = "guide.md", **fields) -> DocumentDeleted:
+    fields.setdefault("knowledge_base", "docs")
+    return deleted(tenant_id="acme", doc_id=doc_id, producer="test", requested_by="k1", **fields)
+
+
+def test_a_deletion_names_its_tenant_document_and_caller() -> None:
+    event = deletion()
+    assert (event.tenant_id, event.doc_id, event.knowledge_base) == ("acme", "guide.md", "docs")
+    assert event.requested_by == "k1" and event.run_id is None
+    with pytest.raises(InvalidDocumentError):
+        deletion(knowledge_base="bad name")
+    with pytest.raises(InvalidDocumentError):
+        deletion(doc_id=" ")
+
+
+def test_the_chunk_and_embed_stages_forward_a_deletion_in_its_place() -> None:
+    gone = deletion("b")
+    (forwarded,) = chunk_stage().run(gone)
+    assert (forwarded.topic, forwarded.key) == ("chunks", "b")
+    on_chunks = forwarded.event
+    assert isinstance(on_chunks, DocumentDeleted) and on_chunks.doc_id == "b"
+    assert on_chunks.parent_span_id == gone.span_id and on_chunks.producer == "rag.chunk"
+
+    embedder = HashEmbedder()
+    model = EmbeddingModel(embedder, "all-MiniLM-L6-v2")
+    items = [created("a#c0", "alpha"), on_chunks, created("c#c0", "gamma")]
+    emits = EmbedStage(model_for=lambda _kb: model).run(items)
+    assert embedder.calls == [2]  # the deletion does not split the batch
+    assert [type(e.event).__name__ for e in emits] == [
+        "ChunkEmbedded", "DocumentDeleted", "ChunkEmbedded"
+    ]  # fmt: skip
+    assert {e.topic for e in emits} == {"embeddings"} and emits[1].key == "b"
+    assert emits[1].event.run_id is None
+    replayed = EmbedStage(model_for=lambda _kb: model, run_id="rechunk-1").run([on_chunks])
+    assert replayed[0].event.run_id == "rechunk-1"
+
+
+def test_index_plan_applies_a_deletion_between_the_upserts_around_it() -> None:
+    gone = deletion("a").model_copy(update={"knowledge_base": "docs"})
+    events = [embedded("a#c0"), embedded("a#c1"), gone, embedded("b#c0")]
+    plan = index_plan(events, collection_for=lambda kb: kb, model_for=lambda _kb: "m")
+    assert plan.operations == [
+        DeleteDocument("docs", "acme", "a"),
+        Upsert("docs", plan.operations[1].records),
+        DeleteDocument("docs", "acme", "a"),
+        DeleteDocument("docs", "acme", "b"),
+        Upsert("docs", plan.operations[4].records),
+    ]
+    assert [r.chunk_id for r in plan.operations[1].records] == ["a#c0", "a#c1"]
+    assert plan.deletions == 1
+
+
+def test_live_deletions_apply_to_replays_and_a_replays_copies_not_to_the_live_index() -> None:
+    live = deletion("a")
+    copy = live.model_copy(update={"run_id": "reembed-1"})
+    other = live.model_copy(update={"run_id": "reembed-2"})
+    elsewhere = deletion("a", knowledge_base="wiki")
+
+    def deletes(run_id: str | None) -> int:
+        plan = index_plan(
+            [live, copy, other, elsewhere],
+            collection_for=lambda kb: kb,
+            model_for=lambda _kb: "m",
+            run_id=run_id,
+            knowledge_bases=["docs"],
+        )
+        return plan.deletions
+
+    assert deletes(None) == 1  # the live index: only the live deletion
+    assert deletes("reembed-1") == 2  # a replay: the live one and its own copy

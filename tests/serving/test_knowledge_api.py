@@ -18,7 +18,7 @@ from sluicegate.errors import AuthError
 from sluicegate.processors.authz import Authorizer
 from sluicegate.processors.chunking import RegexTokenizer
 from sluicegate.processors.identity import Principal
-from sluicegate.schemas.models import DocumentSubmitted
+from sluicegate.schemas.models import DocumentDeleted, DocumentSubmitted
 from sluicegate.serving.bridge import Bridge
 from sluicegate.serving.knowledge_api import KnowledgeApi
 from sluicegate.settings import RagSettings, Settings
@@ -30,7 +30,9 @@ EMBEDDER = HashEmbedder()
 
 
 def _principal(tenant: str, subject: str, role: str) -> Principal:
-    return Principal(tenant_id=tenant, subject=subject, method="api_key", roles=frozenset({role}))
+    return Principal(
+        tenant_id=tenant, subject=subject, method="api_key", roles=frozenset({role}), key_id=subject
+    )
 
 
 PRINCIPALS = {
@@ -263,3 +265,41 @@ async def test_the_upload_limit_is_its_own_not_the_chat_body_limit(client) -> No
         headers=auth("dev", **{"Content-Type": "text/plain"}),
     )
     assert response.status == 202, await response.text()
+
+
+@pytest.mark.parametrize(
+    ("path", "doc_id"),
+    [
+        ("guide.md", "guide.md"),
+        ("errors.csv%230", "errors.csv#0"),  # a row of a CSV
+        ("docs/deep/page.html", "docs/deep/page.html"),  # the rest of the path
+    ],
+)
+async def test_a_deletion_is_journaled_for_the_callers_tenant_and_answered_202(
+    client, path: str, doc_id: str
+) -> None:
+    http, bridge = client
+    response = await http.delete(f"/v1/knowledge/docs/documents/{path}", headers=auth("dev"))
+    body = await response.json()
+    assert response.status == 202, body
+    assert (body["doc_id"], body["knowledge_base"], body["status"]) == (doc_id, "docs", "submitted")
+    (event,) = bridge.serde.events
+    assert isinstance(event, DocumentDeleted)
+    assert (event.tenant_id, event.doc_id, event.knowledge_base) == ("acme", doc_id, "docs")
+    assert (event.requested_by, event.producer) == ("k-dev", "bridge-test")
+    assert bridge.journal.records == [("sg.documents", doc_id, b"event")]
+
+
+@pytest.mark.parametrize(
+    ("who", "path", "status"),
+    [
+        ("viewer", "/v1/knowledge/docs/documents/guide.md", 403),  # kb:read only
+        ("dev", "/v1/knowledge/bad.name/documents/guide.md", 400),
+        ("dev", "/v1/knowledge/docs/documents/", 404),  # no document id: no route
+    ],
+)
+async def test_deletions_refused_at_the_door(client, who: str, path: str, status: int) -> None:
+    http, bridge = client
+    response = await http.delete(path, headers=auth(who))
+    assert response.status == status
+    assert bridge.journal.records == []

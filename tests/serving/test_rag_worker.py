@@ -1,6 +1,7 @@
 """The rag worker through the real broker: documents of several formats become searchable, a
-bad document is dead-lettered while the loop goes on, and a replay into a new collection gives
-the same results."""
+bad document is dead-lettered while the loop goes on, a replay into a new collection gives
+the same results, a deleted document leaves every search (and no replay brings it back), and a
+re-chunk changes the chunks' size while search still works."""
 
 from __future__ import annotations
 
@@ -15,12 +16,12 @@ import pytest
 from sluicegate.connectors.document_parsers import parse
 from sluicegate.connectors.knowledge import KnowledgeServices
 from sluicegate.connectors.schema_registry import build_serde
-from sluicegate.connectors.vector_store import Caller, CollectionNotFoundError
-from sluicegate.processors.ingestion import submitted
+from sluicegate.connectors.vector_store import Caller, CollectionNotFoundError, SearchFilter
+from sluicegate.processors.ingestion import deleted, submitted
 from sluicegate.processors.retrieval import Retriever
 from sluicegate.schemas.models import DeadLetter
 from sluicegate.schemas.serde import AvroSerde
-from sluicegate.serving.rag_replay import run_reindex
+from sluicegate.serving.rag_replay import run_rechunk, run_reindex
 from sluicegate.serving.rag_worker import RagWorker
 from sluicegate.settings import (
     KafkaSettings,
@@ -208,3 +209,129 @@ def test_reindex_by_replay_gives_the_same_results(running: Running) -> None:
     assert {q: running.search(q, collection="handbook_v3") for q in queries} == live
     # The new vectors are on the log, marked with their run; the live index leaves them alone.
     wait_until(lambda: running.worker.stats.skipped.get("other_run", 0) >= again.records)
+
+
+def delete(running: Running, doc_id: str) -> None:
+    event = deleted(knowledge_base=KB, tenant_id="acme", doc_id=doc_id, producer="test")
+    topic = running.settings.topic("documents")
+    produce(running.settings, topic, doc_id.encode(), running.serde.encode(event))
+
+
+def stored(running: Running, doc_id: str, collection: str = KB) -> list[str]:
+    """The chunk ids of a document in a collection, whoever may read them."""
+    wanted = [f"{doc_id}#{kind}{n}" for kind in "cp" for n in range(100)]
+    records = running.services.store.fetch(
+        collection, wanted, tenant_id="acme", where=SearchFilter.unrestricted()
+    )
+    return sorted(r.chunk_id for r in records)
+
+
+def test_a_deleted_document_leaves_every_search_and_can_come_back(running: Running) -> None:
+    submit(running, "zeppelin.md", b"The zeppelin hangar opens at dawn for inspections.")
+    wait_until(lambda: running.indexed("zeppelin.md"))
+    deletions = running.worker.stats.deletions
+    delete(running, "zeppelin.md")
+    wait_until(lambda: running.worker.stats.deletions > deletions)
+    assert stored(running, "zeppelin.md") == []
+    assert not any(c.startswith("zeppelin.md#") for c in running.search("zeppelin hangar"))
+    keyword = running.services.store.keyword_search(
+        KB, "zeppelin", top_k=10, where=SearchFilter.unrestricted()
+    )
+    assert [h.record.doc_id for h in keyword] == []
+
+    # Uploaded and deleted at once: the deletion follows the chunks, so they never stay.
+    submit(running, "flash.md", b"A flash notice about the zeppelin hangar roof.")
+    delete(running, "flash.md")
+    wait_until(lambda: running.worker.stats.deletions > deletions + 1)
+    assert stored(running, "flash.md") == []
+
+    # A later submission of the same id indexes again.
+    submit(running, "zeppelin.md", b"The zeppelin hangar reopened after the inspection.")
+    wait_until(lambda: stored(running, "zeppelin.md") == ["zeppelin.md#c0"])
+    assert running.search("zeppelin hangar reopened")[0] == "zeppelin.md#c0"
+    delete(running, "zeppelin.md")  # gone for good: the replays below must not bring it back
+    wait_until(lambda: stored(running, "zeppelin.md") == [])
+
+
+def test_replays_never_bring_a_deleted_document_back(running: Running) -> None:
+    wait_until(lambda: stored(running, "zeppelin.md") == [] and stored(running, "flash.md") == [])
+    from_vectors = run_reindex(
+        running.settings,
+        running.serde,
+        knowledge_base=KB,
+        collection="handbook_after_delete",
+        services=running.services,
+    )
+    assert from_vectors.deleted >= 3 and from_vectors.skipped["deleted_later"] >= 3
+    assert stored(running, "zeppelin.md", "handbook_after_delete") == []
+    assert stored(running, "flash.md", "handbook_after_delete") == []
+    assert stored(running, "kitchen.txt", "handbook_after_delete") == ["kitchen.txt#c0"]
+    from_chunks = run_reindex(
+        running.settings,
+        running.serde,
+        knowledge_base=KB,
+        collection="handbook_after_delete_e",
+        source="chunks",
+        services=running.services,
+    )
+    assert stored(running, "zeppelin.md", "handbook_after_delete_e") == []
+    assert from_chunks.skipped["deleted_later"] >= 3  # never embedded again
+
+
+LONG = "\n\n".join(
+    f"## Step {i}\n\n" + f"Step {i} of the failover drill moves the primary broker {i} racks. " * 5
+    for i in range(6)
+)
+
+
+def test_rechunk_by_replay_changes_the_chunk_size_and_search_still_works(
+    running: Running,
+) -> None:
+    submit(running, "drill.md", LONG.encode())
+    wait_until(lambda: running.indexed("drill.md"))
+    tokenizer = running.services.tokenizer
+    before = stored(running, "drill.md")
+    skipped = running.worker.stats.skipped.get("other_run", 0)
+    report = run_rechunk(
+        running.settings,
+        running.serde,
+        knowledge_base=KB,
+        chunking=KnowledgeBaseSettings(chunk_tokens=40, min_chunk_tokens=0),
+        collection="handbook_small",
+        services=running.services,
+    )
+    assert report.run_id and report.run_id.startswith("rechunk-") and report.records > 0
+    small = running.services.store.fetch(
+        "handbook_small",
+        [f"drill.md#c{n}" for n in range(100)],
+        tenant_id="acme",
+        where=SearchFilter.unrestricted(),
+    )
+    assert len(small) > len(before) >= 1
+    assert all(tokenizer.count(r.text) <= 40 for r in small)
+    assert max(tokenizer.count(r.text) for r in small) > 20  # packed, not split into words
+    assert stored(running, "drill.md") == before  # the live collection is untouched
+    assert stored(running, "zeppelin.md", "handbook_small") == []  # deletions honoured
+    hits = running.search("failover drill primary broker racks", collection="handbook_small")
+    assert hits[0].startswith("drill.md#c")
+    assert running.search("espresso", collection="handbook_small")[0] == "kitchen.txt#c0"
+    # Its vectors are on the log under its run; the live index leaves them alone.
+    wait_until(lambda: running.worker.stats.skipped.get("other_run", 0) >= skipped + report.records)
+
+    # Into the knowledge base's own collection: each document's chunks are replaced.
+    again = run_rechunk(
+        running.settings,
+        running.serde,
+        knowledge_base=KB,
+        chunking=KnowledgeBaseSettings(chunk_tokens=40, min_chunk_tokens=0),
+        services=running.services,
+    )
+    assert again.collection == KB
+    live = running.services.store.fetch(
+        KB,
+        [f"drill.md#c{n}" for n in range(100)],
+        tenant_id="acme",
+        where=SearchFilter.unrestricted(),
+    )
+    assert sorted((r.chunk_id, r.text) for r in live) == sorted((r.chunk_id, r.text) for r in small)
+    assert running.search("failover drill primary broker racks")[0].startswith("drill.md#c")

@@ -26,6 +26,11 @@ Sections (numbers printed as markdown tables, never asserted; JSON to bench/resu
 4. **Presidio** (when the `presidio` extra is installed): the same PII set through
    `connectors/pii_presidio.py`, time per text against the builtin engine, and how well its
    NER finds the names and places the set also holds (which are not kinds yet).
+5. **Streaming hold-back** (`processors/guard_stream.py`, the default window 64 and overlap
+   64 characters, the output guard of section 1): seeded 2 KB answers with PII fed as 4-character
+   deltas. The first chunk waits for window + overlap characters of the model (a wait priced at
+   30 and 100 tokens/s, 4 characters a token) plus the guard's CPU on the way, measured; and
+   the guard's CPU per KB of a whole stream, against one check of the whole answer.
 """
 
 from __future__ import annotations
@@ -51,6 +56,7 @@ from sluicegate.processors.guard import Guard
 from sluicegate.processors.guard_injection import THRESHOLD, score_injection
 from sluicegate.processors.guard_output import OutputContext, OutputGuard
 from sluicegate.processors.guard_pii import BUILTIN, KINDS, PiiEngine, scan_pii
+from sluicegate.processors.guard_stream import StreamHoldback
 from sluicegate.processors.policy import PolicyEngine
 from sluicegate.processors.policy_language import Condition, Policy, Rule
 from sluicegate.schemas.models import ChatMessage, RequestReceived, SamplingParams
@@ -225,6 +231,80 @@ def latency_table(results: dict[str, dict[str, dict[str, float]]]) -> str:
         rows.append(row)
     header = ["call", "1 KB p50 ms", "1 KB p95 ms", "32 KB p50 ms", "32 KB p95 ms"]
     return _report.table(header, rows)
+
+
+# ----------------------------------------------------------------------------- 5. hold-back
+
+CHARS_PER_TOKEN = 4
+
+
+def holdback(seed: int, quick: bool) -> dict[str, float]:
+    """The first chunk's extra wait and the stream's guard CPU under hold-back (see the
+    module docstring); CPU times are medians over the answers, each best of 3 runs."""
+    _guard, out = guards()
+    context = OutputContext(tenant_id="bench", model="chat")
+    rng = random.Random(seed)
+    answers = [prose(rng, 2048, pii_every=4) for _ in range(4 if quick else 16)]
+    first_ms, stream_ms, whole_ms, checks = [], [], [], []
+    for answer in answers:
+        deltas = [answer[i : i + CHARS_PER_TOKEN] for i in range(0, len(answer), CHARS_PER_TOKEN)]
+        best_first = best_stream = best_whole = float("inf")
+        for _ in range(3):
+            stream = StreamHoldback.of(out, context)
+            assert stream is not None
+            first, started = None, time.perf_counter()
+            for delta in deltas:
+                if stream.feed(delta).text and first is None:
+                    first = time.perf_counter() - started
+            stream.finish()
+            best_stream = min(best_stream, time.perf_counter() - started)
+            best_first = min(best_first, first if first is not None else float("inf"))
+            started = time.perf_counter()
+            out.check(ChatMessage(role="assistant", content=answer), context)
+            best_whole = min(best_whole, time.perf_counter() - started)
+        kb = len(answer) / 1024
+        first_ms.append(best_first * 1000)
+        stream_ms.append(best_stream * 1000 / kb)
+        whole_ms.append(best_whole * 1000 / kb)
+        checks.append(stream.checks / kb)
+    held = out.window_chars + out.overlap_chars
+    tokens = held / CHARS_PER_TOKEN
+    return {
+        "window_chars": out.window_chars,
+        "overlap_chars": out.overlap_chars,
+        "first_chunk_after_chars": held,
+        "first_chunk_wait_ms_at_30_tok_s": tokens / 30 * 1000,
+        "first_chunk_wait_ms_at_100_tok_s": tokens / 100 * 1000,
+        "first_chunk_guard_cpu_ms": sorted(first_ms)[len(first_ms) // 2],
+        "stream_guard_cpu_ms_per_kb": sorted(stream_ms)[len(stream_ms) // 2],
+        "whole_answer_guard_cpu_ms_per_kb": sorted(whole_ms)[len(whole_ms) // 2],
+        "checks_per_kb": sorted(checks)[len(checks) // 2],
+    }
+
+
+def holdback_table(r: dict[str, float]) -> str:
+    rows = [
+        [
+            "first chunk held for",
+            f"{r['first_chunk_after_chars']:.0f} characters (window {r['window_chars']:.0f} + "
+            f"overlap {r['overlap_chars']:.0f})",
+        ],
+        [
+            "its wait for the model, at 30 / 100 tokens/s",
+            f"{r['first_chunk_wait_ms_at_30_tok_s']:.0f} / "
+            f"{r['first_chunk_wait_ms_at_100_tok_s']:.0f} ms",
+        ],
+        ["guard CPU before the first chunk", f"{r['first_chunk_guard_cpu_ms']:.3f} ms"],
+        [
+            "guard CPU per KB streamed (checks per KB)",
+            f"{r['stream_guard_cpu_ms_per_kb']:.2f} ms ({r['checks_per_kb']:.0f})",
+        ],
+        [
+            "guard CPU per KB, one check of the whole answer",
+            f"{r['whole_answer_guard_cpu_ms_per_kb']:.2f} ms",
+        ],
+    ]
+    return _report.table(["hold-back, 2 KB answers with PII, 4-character deltas", ""], rows, "lr")
 
 
 # ----------------------------------------------------------------------------- 2. injection
@@ -653,6 +733,8 @@ def main() -> None:
     inj = injection(args.seed, args.quick)
     print("3. PII ...", flush=True)
     pii_results = pii(args.seed, args.quick, presidio=not args.no_presidio)
+    print("5. streaming hold-back ...", flush=True)
+    held = holdback(args.seed, args.quick)
     took = time.perf_counter() - started
 
     extra = {
@@ -671,6 +753,7 @@ def main() -> None:
             "### Latency per call (all scanners on)\n\n" + latency_table(lat),
             "### Prompt injection: `score_injection`\n\n" + injection_tables(inj),
             "### PII: synthetic set with known spans\n\n" + pii_tables(pii_results),
+            "### Streaming hold-back (first chunk, whole stream)\n\n" + holdback_table(held),
         ]
     )
     print()
@@ -684,6 +767,7 @@ def main() -> None:
         "latency": lat,
         "injection": inj,
         "pii": {k: v for k, v in pii_results.items() if not k.startswith("_")},
+        "holdback": held,
     }
     _report.RESULTS.mkdir(parents=True, exist_ok=True)
     stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")

@@ -9,6 +9,7 @@ a RequestRejected on sg.responses with an HTTP status, so the caller always gets
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import datetime
 
 from sluicegate.connectors.ports import Completion
@@ -17,6 +18,7 @@ from sluicegate.processors.audit import guard_fact
 from sluicegate.processors.cost import cost_entry, usd
 from sluicegate.processors.envelope import Emit, child_envelope, now, sibling_envelope, span_emit
 from sluicegate.processors.guard_output import OutputContext, OutputDecision, OutputGuard
+from sluicegate.processors.guard_stream import StreamHoldback
 from sluicegate.processors.priority import priority_of
 from sluicegate.processors.resilience import Fallback, GiveUp, Retry
 from sluicegate.schemas.models import (
@@ -46,6 +48,17 @@ _ERROR_TYPE = {
     "bad_request": "invalid_request_error",
     "unsupported": "invalid_request_error",
 }
+
+
+@dataclass(frozen=True, slots=True)
+class Guarded:
+    """The output guard's decision on an answer and when the check began. ``rejected``: its
+    block already went out on sg.responses (a held-back stream is ended as soon as it is
+    blocked, so the caller is not kept waiting for the rest of a withheld answer)."""
+
+    decision: OutputDecision
+    started: datetime
+    rejected: bool = False
 
 
 class Finisher:
@@ -80,6 +93,41 @@ class Finisher:
         )
         return Emit("stream", task.request_id, event)
 
+    def holdback(self, task: InferenceTask) -> StreamHoldback | None:
+        """The hold-back a streamed answer to this task needs (guard_stream.py); None: its
+        chunks go out as they come."""
+        if self._output_guard is None:
+            return None
+        return StreamHoldback.of(self._output_guard, OutputContext.of(task))
+
+    def check(
+        self, task: InferenceTask, message: ChatMessage, finish_reason: str | None
+    ) -> Guarded | None:
+        """The output guard's decision on a whole answer; None when nothing applies to it."""
+        if self._output_guard is None:
+            return None
+        context = OutputContext.of(task)
+        if not self._output_guard.applies_to(context):
+            return None
+        started = now()
+        return Guarded(
+            self._output_guard.check(message, context, finish_reason=finish_reason), started
+        )
+
+    def withheld(self, task: InferenceTask, decision: OutputDecision) -> Emit:
+        """A held-back stream's block, sent at once: the caller's stream ends with this error
+        and never receives the text that caused it (the result and its span follow later)."""
+        assert decision.block is not None
+        rejected = RequestRejected(
+            **child_envelope(task, producer=PRODUCER),
+            stage="output_guard",
+            error_type=decision.block.error_type,
+            code=decision.block.code,
+            message=decision.block.message,
+            http_status=decision.block.http_status,
+        )
+        return Emit("responses", task.request_id, rejected)
+
     def succeeded(
         self,
         task: InferenceTask,
@@ -88,17 +136,18 @@ class Finisher:
         started: datetime,
         latency_ms: float,
         ttft_ms: float | None = None,
+        checked: Guarded | None = None,
     ) -> list[Emit]:
+        """The answer's events. ``checked``: the guard already decided (a held-back stream);
+        otherwise the guard runs here on the whole answer."""
         envelope = child_envelope(task, producer=PRODUCER)
         message = ChatMessage(
             role="assistant", content=completion.text, tool_calls_json=completion.tool_calls_json
         )
-        guarded: tuple[OutputDecision, datetime] | None = None
-        if self._output_guard is not None:
-            guarded = self._guarded(self._output_guard, task, message, completion.finish_reason)
-            if guarded is not None:
-                # What the log keeps is what the caller may see: the masked answer, never the raw.
-                message = guarded[0].message
+        guarded = checked or self.check(task, message, completion.finish_reason)
+        if guarded is not None:
+            # What the log keeps is what the caller may see: the masked answer, never the raw.
+            message = guarded.decision.message
         usage = TokenUsage(
             prompt_tokens=completion.prompt_tokens,
             completion_tokens=completion.completion_tokens,
@@ -138,13 +187,13 @@ class Finisher:
         ]
         blocked = False
         if guarded is not None:
-            decision, guard_started = guarded
+            decision = guarded.decision
             blocked = decision.block is not None
-            emits.append(self._guard_span(result, decision, guard_started))
+            emits.append(self._guard_span(result, decision, guarded.started))
             fact = guard_fact(result, decision.attributes, stage="output", producer=PRODUCER)
             if fact is not None:
                 emits.append(fact)
-            if decision.block is not None:
+            if decision.block is not None and not guarded.rejected:
                 withheld = RequestRejected(
                     **sibling_envelope(result, producer=PRODUCER),
                     stage="output_guard",
@@ -163,17 +212,6 @@ class Finisher:
         if task.cache_key is not None and cacheable:
             emits.append(self._cache_fill(task, response, deployment))
         return emits
-
-    @staticmethod
-    def _guarded(
-        guard: OutputGuard, task: InferenceTask, message: ChatMessage, finish_reason: str | None
-    ) -> tuple[OutputDecision, datetime] | None:
-        """The output guard's decision and when it started; None when nothing applies."""
-        context = OutputContext.of(task)
-        if not guard.applies_to(context):
-            return None
-        started = now()
-        return guard.check(message, context, finish_reason=finish_reason), started
 
     @staticmethod
     def _guard_span(result: InferenceResult, decision: OutputDecision, started: datetime) -> Emit:

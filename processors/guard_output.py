@@ -49,6 +49,7 @@ __all__ = [
     "OutputContext",
     "OutputDecision",
     "OutputGuard",
+    "TextVerdict",
     "check_json",
 ]
 
@@ -114,12 +115,33 @@ class OutputDecision:
         return self.policy.rewrites
 
 
+@dataclass(frozen=True, slots=True)
+class TextVerdict:
+    """The decision on a piece of an answer (its message is the piece, not rewritten), with
+    where the PII found in it is: a streamed answer's hold-back releases text around these
+    spans, never through one."""
+
+    decision: OutputDecision
+    findings: list[PiiFinding]
+
+    @property
+    def policy(self) -> PolicyDecision:
+        return self.decision.policy
+
+    @property
+    def block(self) -> OutputBlock | None:
+        return self.decision.block
+
+
 class OutputGuard:
     """Checks a completion (text and tool calls) against the tenant's output rules."""
 
     def __init__(self, *, settings: GuardrailsSettings, engine: PolicyEngine | None = None) -> None:
         self._engine = engine or PolicyEngine.from_settings(settings)
         self._pii = pii_engine(settings)  # guardrails.pii_engine: builtin or presidio
+        self.stream_mode = settings.output_stream_mode
+        self.window_chars = settings.output_stream_window_chars
+        self.overlap_chars = settings.output_stream_overlap_chars
 
     @property
     def active(self) -> bool:
@@ -138,9 +160,37 @@ class OutputGuard:
             return True
         return needs.json and context.response_format_json is not None
 
+    def holds_back(self, context: OutputContext) -> bool:
+        """Whether a stream of this answer must be held back (guard_stream.py): in `holdback`
+        mode, when a rule of the tenant's can block or rewrite on what the text holds. Flag-only
+        and JSON-only rules have nothing to stop mid-stream, so their streams pass through."""
+        if self.stream_mode != "holdback":
+            return False
+        needs = self._engine.needs("output", context.tenant_id)
+        return needs.acts_on_text and bool(needs.pii_kinds or needs.topics or needs.texts)
+
+    def check_text(self, text: str, context: OutputContext) -> TextVerdict:
+        """The decision on a piece of an answer as it streams. Structured output is not checked
+        (a piece of JSON is not JSON; the whole answer is checked at the end) and the text is
+        not rewritten here: the caller rewrites what it releases, with `findings`."""
+        message = ChatMessage(role="assistant", content=text)
+        piece = OutputContext(context.tenant_id, context.model, None, context.principal)
+        decision, pii = self._evaluate(message, piece, None, rewrite=False)
+        return TextVerdict(decision, pii.get(text, []))
+
     def check(
         self, message: ChatMessage, context: OutputContext, *, finish_reason: str | None = None
     ) -> OutputDecision:
+        return self._evaluate(message, context, finish_reason, rewrite=True)[0]
+
+    def _evaluate(
+        self,
+        message: ChatMessage,
+        context: OutputContext,
+        finish_reason: str | None,
+        *,
+        rewrite: bool,
+    ) -> tuple[OutputDecision, dict[str, list[PiiFinding]]]:
         principal = context.principal or Principal(tenant=context.tenant_id)
         needs = self._engine.needs("output", principal.tenant)
         text = message.content or ""
@@ -189,10 +239,10 @@ class OutputGuard:
             attributes["output_pii_action"] = decision.action
         if decision.blocked:
             block = OutputBlock(decision.code or "policy_violation", decision.message or "")
-            return OutputDecision(message, decision, attributes, block)
-        if decision.rewrites:
+            return OutputDecision(message, decision, attributes, block), pii
+        if decision.rewrites and rewrite:
             message = _rewritten(message, calls, decision, pii)
-        return OutputDecision(message, decision, attributes)
+        return OutputDecision(message, decision, attributes), pii
 
 
 # ----------------------------------------------------------------------------- JSON

@@ -1,7 +1,9 @@
 """The inference stage: call the backend a task names and say what happened, as events.
 
-An async generator of `Emit`s so that streamed TokenChunks leave as they are produced; the
-agent around it only publishes. Tested with a fake backend, no broker.
+An async generator of `Emit`s so that streamed TokenChunks leave as they are produced (or, when
+the tenant's output rules can block or rewrite, as the output guard releases them: see
+processors/guard_stream.py); the agent around it only publishes. Tested with a fake backend, no
+broker.
 
 Resilience lives here because this is where a failure is seen with the whole task in hand: the
 attempt's InferenceFailed, then the planner's decision (retry after a backoff, fall back along
@@ -15,13 +17,15 @@ import asyncio
 import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from dataclasses import dataclass, replace
 from datetime import datetime
 
 from sluicegate.connectors.ports import Completion, InferenceBackend
 from sluicegate.errors import BackendError
 from sluicegate.processors.envelope import Emit, now
-from sluicegate.processors.finish import Finisher
-from sluicegate.processors.guard_output import OutputGuard
+from sluicegate.processors.finish import Finisher, Guarded
+from sluicegate.processors.guard_output import OutputDecision, OutputGuard
+from sluicegate.processors.guard_stream import StreamHoldback
 from sluicegate.processors.health import HealthSnapshot
 from sluicegate.processors.resilience import (
     AttemptPlanner,
@@ -30,7 +34,7 @@ from sluicegate.processors.resilience import (
     is_probe,
     may_call,
 )
-from sluicegate.schemas.models import InferenceTask, TokenUsage
+from sluicegate.schemas.models import ChatMessage, InferenceTask, TokenUsage
 from sluicegate.settings import Deployment, ResilienceSettings
 
 NO_HEALTH: Mapping[str, HealthSnapshot] = {}
@@ -38,6 +42,16 @@ NO_HEALTH: Mapping[str, HealthSnapshot] = {}
 
 class _StreamBroken(BackendError):
     """A stream failed after chunks reached the caller: a retry would repeat them."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Streamed:
+    """The end of a stream: the whole completion, the model's time to first token, and the
+    guard's decision when the stream was held back (None: the finisher checks the answer)."""
+
+    completion: Completion
+    ttft_ms: float | None
+    checked: Guarded | None = None
 
 
 class InferenceStage:
@@ -100,16 +114,16 @@ class InferenceStage:
                 raise BackendError(
                     "the request's deadline passed before inference started", error_class="expired"
                 )
+            streamed: _Streamed | None = None
             if task.stream:
-                completion, ttft_ms = None, None
-                async for emit_or_completion in self._stream(task, backend, t0):
-                    if isinstance(emit_or_completion, Emit):
-                        yield emit_or_completion
+                async for emit_or_end in self._stream(task, backend, t0):
+                    if isinstance(emit_or_end, Emit):
+                        yield emit_or_end
                     else:
-                        completion, ttft_ms = emit_or_completion
-                assert completion is not None  # _stream always ends with the completion
+                        streamed = emit_or_end
+                assert streamed is not None  # _stream always ends with the completion
             else:
-                completion, ttft_ms = await backend.complete(task), None
+                streamed = _Streamed(await backend.complete(task), None)
         except BackendError as error:
             latency_ms = (time.perf_counter() - t0) * 1000
             for emit in self._after_failure(task, error, started, latency_ms):
@@ -117,7 +131,12 @@ class InferenceStage:
             return
         latency_ms = (time.perf_counter() - t0) * 1000
         for emit in self._finisher.succeeded(
-            task, completion, started=started, latency_ms=latency_ms, ttft_ms=ttft_ms
+            task,
+            streamed.completion,
+            started=started,
+            latency_ms=latency_ms,
+            ttft_ms=streamed.ttft_ms,
+            checked=streamed.checked,
         ):
             yield emit
 
@@ -174,11 +193,19 @@ class InferenceStage:
 
     async def _stream(
         self, task: InferenceTask, backend: InferenceBackend, t0: float
-    ) -> AsyncIterator[Emit | tuple[Completion, float | None]]:
-        """Chunks as they come; finally the whole completion (for the journal) and the TTFT."""
+    ) -> AsyncIterator[Emit | _Streamed]:
+        """Chunks as they come, or as the hold-back releases them (guard_stream.py); finally the
+        whole completion (for the journal) and the TTFT.
+
+        Held back, a block ends the caller's stream at once with the block's RequestRejected;
+        the upstream is still read to its end, so the answer's usage (what it cost) is known.
+        Chunk indices count released chunks only, so they stay contiguous for the bridge.
+        """
+        holdback = self._finisher.holdback(task)
         parts: list[str] = []
         index = 0
         ttft_ms: float | None = None
+        withheld: OutputDecision | None = None
         finish_reason, prompt_tokens, completion_tokens, provider_model = "stop", 0, 0, ""
         try:
             async for delta in backend.stream(task):
@@ -186,25 +213,35 @@ class InferenceStage:
                     if ttft_ms is None:
                         ttft_ms = (time.perf_counter() - t0) * 1000
                     parts.append(delta.text)
-                    yield self._finisher.chunk(task, index, delta.text)
-                    index += 1
+                    if holdback is None:
+                        yield self._finisher.chunk(task, index, delta.text)
+                        index += 1
+                    elif withheld is None:
+                        step = holdback.feed(delta.text)
+                        if step.decision is not None:
+                            withheld = step.decision
+                            yield self._finisher.withheld(task, withheld)
+                        elif step.text:
+                            yield self._finisher.chunk(task, index, step.text)
+                            index += 1
                 if delta.finish_reason is not None:
                     finish_reason = delta.finish_reason
                     prompt_tokens = delta.prompt_tokens or 0
                     completion_tokens = delta.completion_tokens or 0
                     provider_model = delta.provider_model or task.provider_model
         except BackendError as error:
-            if index == 0:
-                raise
-            raise _StreamBroken(
-                str(error), error_class=error.error_class, status_code=error.status_code
-            ) from error
+            if withheld is None and index == 0:
+                raise  # nothing reached the caller: an ordinary failed attempt
+            if withheld is None:
+                raise _StreamBroken(
+                    str(error), error_class=error.error_class, status_code=error.status_code
+                ) from error
+            # Already withheld, with the caller told: a broken rest changes nothing.
         usage = TokenUsage(
             prompt_tokens=prompt_tokens,
             completion_tokens=completion_tokens,
             total_tokens=prompt_tokens + completion_tokens,
         )
-        yield self._finisher.chunk(task, index, "", finish_reason=finish_reason, usage=usage)
         completion = Completion(
             text="".join(parts),
             finish_reason=finish_reason,
@@ -212,4 +249,49 @@ class InferenceStage:
             completion_tokens=completion_tokens,
             provider_model=provider_model or task.provider_model,
         )
-        yield completion, ttft_ms
+        checked: Guarded | None = None
+        if holdback is not None:
+            checked, last = self._last_release(task, holdback, completion, withheld)
+            if checked is not None and checked.rejected:
+                if withheld is None:  # blocked only now, by the whole answer or the last window
+                    yield self._finisher.withheld(task, checked.decision)
+                yield _Streamed(completion, ttft_ms, checked)
+                return
+            if last:
+                yield self._finisher.chunk(task, index, last)
+                index += 1
+        yield self._finisher.chunk(task, index, "", finish_reason=finish_reason, usage=usage)
+        yield _Streamed(completion, ttft_ms, checked)
+
+    def _last_release(
+        self,
+        task: InferenceTask,
+        holdback: StreamHoldback,
+        completion: Completion,
+        withheld: OutputDecision | None,
+    ) -> tuple[Guarded | None, str]:
+        """A held-back stream's end: the guard's decision on the whole answer (its journal
+        copy), and the text still to release. The whole answer is checked before the last
+        window goes out, so a block only the whole shows (invalid JSON, a topic's terms a
+        window apart) still withholds it."""
+        message = ChatMessage(role="assistant", content=completion.text)
+        attributes = {"stream_holdback_checks": str(holdback.checks)}
+        if withheld is not None:
+            blocked = replace(withheld, message=message)
+            return Guarded(_noted(blocked, attributes), now(), rejected=True), ""
+        whole = self._finisher.check(task, message, completion.finish_reason)
+        if whole is not None and whole.decision.block is not None:
+            return replace(whole, decision=_noted(whole.decision, attributes), rejected=True), ""
+        last = holdback.finish()
+        attributes["stream_holdback_checks"] = str(holdback.checks)
+        if last.decision is not None:
+            blocked = replace(last.decision, message=message)
+            return Guarded(_noted(blocked, attributes), now(), rejected=True), ""
+        if whole is None:
+            return None, last.text
+        return replace(whole, decision=_noted(whole.decision, attributes)), last.text
+
+
+def _noted(decision: OutputDecision, attributes: dict[str, str]) -> OutputDecision:
+    """The decision with how the stream was held back on its span."""
+    return replace(decision, attributes={**decision.attributes, **attributes})

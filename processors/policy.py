@@ -146,6 +146,9 @@ class Needs:
     topics: bool = False
     json: bool = False
     texts: bool = False
+    # Some rule can block, mask or redact on what the text holds (not on JSON validity, which
+    # only the whole answer has): a streamed answer must then be held back (guard_stream.py).
+    acts_on_text: bool = False
 
     @property
     def any(self) -> bool:
@@ -363,6 +366,9 @@ def _needs_of(rules: Sequence[_Compiled]) -> Needs:
         topics=any(c.topics is not None for c in rules),
         json=any(c.json_invalid is not None for c in rules),
         texts=any(c.regex is not None for c in rules),
+        acts_on_text=any(
+            c.rule.action in ("block", "mask", "redact") and c.json_invalid is None for c in rules
+        ),
     )
 
 

@@ -16,7 +16,7 @@ from sluicegate.settings import Settings
 def produce(settings: Settings, topic: str, key: bytes | None, value: bytes) -> None:
     producer = Producer(
         {
-            "bootstrap.servers": settings.kafka.bootstrap_servers,
+            **settings.kafka.client_config(),  # the bootstrap address and any SASL/TLS keys
             "acks": "all",
             "partitioner": "murmur2_random",
         }
@@ -35,7 +35,7 @@ def wait_for(
     """The first record of `topic` (from the beginning) for which `match(key, value)` holds."""
     consumer = Consumer(
         {
-            "bootstrap.servers": settings.kafka.bootstrap_servers,
+            **settings.kafka.client_config(),
             "group.id": f"test-{uuid.uuid4()}",
             "enable.auto.commit": False,
         }

@@ -13,10 +13,19 @@
 #   SLUICEGATE_KAFKA_CONTROLLER_PORT controller port, default 9093 (127.0.0.1 only)
 #   SLUICEGATE_KAFKA_HEAP_OPTS       default "-Xmx1g -Xms256m" (each test run adds a few hundred partitions)
 #   SLUICEGATE_KAFKA_START_TIMEOUT   seconds to wait for readiness, default 120
+#   SLUICEGATE_KAFKA_DATA            data dir, default $SLUICEGATE_HOME/kafka/data; a second
+#                                    instance needs its own (and its own two ports)
+#   SLUICEGATE_KAFKA_SASL_USERS      unset (default): the client listener is PLAINTEXT.
+#                                    "user:password,user2:password2": it is SASL_PLAINTEXT
+#                                    instead, with PLAIN and SCRAM-SHA-256 for these users
+#                                    (SCRAM credentials are written when the data dir is
+#                                    formatted, i.e. on its first start only); the first user
+#                                    is the broker's own. Names and passwords: [A-Za-z0-9._-].
+#                                    infra/kafka/kafka-sasl.sh starts such a second broker.
 #   JAVA_HOME                        optional; otherwise java from PATH
 #
 # Layout:
-#   $SLUICEGATE_HOME/kafka/<version>/libs   jars (from infra/kafka/pom.xml)
+#   $SLUICEGATE_HOME/kafka/<version>/libs   jars (from infra/kafka/pom.xml), shared by instances
 #   $SLUICEGATE_HOME/kafka/data             server.properties, cluster.id, kafka.pid,
 #                                           server.log, kafka.out, format.log,
 #                                           logs/ (log.dirs)
@@ -31,12 +40,18 @@ KAFKA_VERSION="$(sed -n 's:.*<kafka\.version>\(.*\)</kafka\.version>.*:\1:p' "$P
 
 BASE="${SLUICEGATE_HOME:-$HOME/.sluicegate}/kafka"
 LIBS="$BASE/$KAFKA_VERSION/libs"
-DATA="$BASE/data"
+DATA="${SLUICEGATE_KAFKA_DATA:-$BASE/data}"
 PORT="${SLUICEGATE_KAFKA_PORT:-9092}"
 CPORT="${SLUICEGATE_KAFKA_CONTROLLER_PORT:-9093}"
 HOST=127.0.0.1
 HEAP_OPTS="${SLUICEGATE_KAFKA_HEAP_OPTS:--Xmx1g -Xms256m}"
 START_TIMEOUT="${SLUICEGATE_KAFKA_START_TIMEOUT:-120}"
+SASL_USERS="${SLUICEGATE_KAFKA_SASL_USERS:-}"
+SASL_MECHANISMS="PLAIN,SCRAM-SHA-256"
+# The client listener's name is its security protocol (listener.security.protocol.map).
+LISTENER=PLAINTEXT
+if [[ -n "$SASL_USERS" ]]; then LISTENER=SASL_PLAINTEXT; fi
+SASL_PAIRS=()  # "user:password", filled by parse_sasl_users
 
 PID_FILE="$DATA/kafka.pid"
 PROPS="$DATA/server.properties"
@@ -115,10 +130,10 @@ write_props() {
 process.roles=broker,controller
 node.id=1
 controller.quorum.voters=1@$HOST:$CPORT
-listeners=PLAINTEXT://$HOST:$PORT,CONTROLLER://$HOST:$CPORT
-advertised.listeners=PLAINTEXT://$HOST:$PORT
-listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
-inter.broker.listener.name=PLAINTEXT
+listeners=$LISTENER://$HOST:$PORT,CONTROLLER://$HOST:$CPORT
+advertised.listeners=$LISTENER://$HOST:$PORT
+listener.security.protocol.map=$LISTENER:$LISTENER,CONTROLLER:PLAINTEXT
+inter.broker.listener.name=$LISTENER
 controller.listener.names=CONTROLLER
 log.dirs=$LOG_DIRS
 num.partitions=1
@@ -131,6 +146,37 @@ share.coordinator.state.topic.min.isr=1
 group.initial.rebalance.delay.ms=0
 num.network.threads=2
 num.io.threads=4
+EOF
+  [[ -z "$SASL_USERS" ]] || sasl_props >>"$PROPS"
+}
+
+# Fills SASL_PAIRS from SLUICEGATE_KAFKA_SASL_USERS (in this shell: die must end the script).
+parse_sasl_users() {
+  local pair
+  local -a pairs
+  IFS=',' read -r -a pairs <<<"$SASL_USERS"
+  for pair in "${pairs[@]}"; do
+    [[ "$pair" =~ ^[A-Za-z0-9._-]+:[A-Za-z0-9._-]+$ ]] \
+      || die "SLUICEGATE_KAFKA_SASL_USERS: '$pair' is not user:password ([A-Za-z0-9._-])"
+  done
+  (( ${#pairs[@]} > 0 )) || die "SLUICEGATE_KAFKA_SASL_USERS names no user"
+  SASL_PAIRS=("${pairs[@]}")
+}
+
+# The SASL_PLAINTEXT listener: PLAIN users from its JAAS line, SCRAM users from the metadata
+# log (format_storage); the broker authenticates to itself as the first user, over PLAIN.
+# No authorizer: an authenticated user may do anything, as on the PLAINTEXT broker.
+sasl_props() {
+  local pair plain_users=""
+  local broker_user="${SASL_PAIRS[0]%%:*}" broker_pass="${SASL_PAIRS[0]#*:}"
+  for pair in "${SASL_PAIRS[@]}"; do
+    plain_users+=" user_${pair%%:*}=\"${pair#*:}\""
+  done
+  cat <<EOF
+sasl.enabled.mechanisms=$SASL_MECHANISMS
+sasl.mechanism.inter.broker.protocol=PLAIN
+listener.name.sasl_plaintext.plain.sasl.jaas.config=org.apache.kafka.common.security.plain.PlainLoginModule required username="$broker_user" password="$broker_pass"$plain_users;
+listener.name.sasl_plaintext.scram-sha-256.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required username="$broker_user" password="$broker_pass";
 EOF
 }
 
@@ -149,8 +195,13 @@ format_storage() {
     [[ -s "$CLUSTER_ID_FILE.tmp" ]] || die "could not generate a cluster id (see $FORMAT_LOG)"
     mv "$CLUSTER_ID_FILE.tmp" "$CLUSTER_ID_FILE"
   fi
+  local pair
+  local -a scram=()
+  for pair in "${SASL_PAIRS[@]}"; do
+    scram+=(--add-scram "SCRAM-SHA-256=[name=${pair%%:*},password=${pair#*:}]")
+  done
   if ! "${base[@]}" kafka.tools.StorageTool format -t "$(cat "$CLUSTER_ID_FILE")" \
-        -c "$PROPS" >>"$FORMAT_LOG" 2>&1; then
+        -c "$PROPS" "${scram[@]}" >>"$FORMAT_LOG" 2>&1; then
     tail -n 20 "$FORMAT_LOG" >&2
     die "kafka-storage format failed"
   fi
@@ -169,6 +220,7 @@ start() {
     port_open "$p" && die "port $HOST:$p is already in use by another process"
   done
 
+  [[ -z "$SASL_USERS" ]] || parse_sasl_users
   fetch
   mkdir -p "$DATA" "$LOG_DIRS"
   write_props

@@ -81,6 +81,9 @@ class Behaviour:
     end_after_chunks: int | None = None
     error_after_chunks: int | None = None
     reply: str | None = None  # answer this text instead of the echo
+    # Stream the reply's text in pieces of this many characters instead of word by word, so a
+    # value can be split anywhere, even inside a word (tests of the output guard's hold-back).
+    chunk_chars: int | None = None
     omit_usage: bool = False  # no usage chunk even when stream_options.include_usage is set
 
     @classmethod
@@ -384,8 +387,9 @@ class _Reply:
             "usage": self.usage(),
         }
 
-    def chunks(self, include_usage: bool) -> list[dict[str, Any]]:
-        """The stream's chunks, as OpenAI sends them (without the final `[DONE]`)."""
+    def chunks(self, include_usage: bool, chunk_chars: int | None = None) -> list[dict[str, Any]]:
+        """The stream's chunks, as OpenAI sends them (without the final `[DONE]`): a word each,
+        or `chunk_chars` characters each."""
         created = int(time.time())
 
         def chunk(delta: dict[str, Any], finish_reason: str | None = None) -> dict[str, Any]:
@@ -407,8 +411,12 @@ class _Reply:
         if self.tool_calls:
             calls = [{"index": i, **call} for i, call in enumerate(self.tool_calls)]
             chunks.append(chunk({"tool_calls": calls}))
-        for i, word in enumerate(self.words):
-            chunks.append(chunk({"content": word if i == 0 else f" {word}"}))
+        pieces = [word if i == 0 else f" {word}" for i, word in enumerate(self.words)]
+        if chunk_chars:
+            text = "".join(pieces)
+            pieces = [text[i : i + chunk_chars] for i in range(0, len(text), chunk_chars)]
+        for piece in pieces:
+            chunks.append(chunk({"content": piece}))
         chunks.append(chunk({}, self.finish_reason))
         if include_usage:
             last = chunk({})
@@ -449,7 +457,7 @@ async def _stream(
     await response.prepare(request)
     options = body.get("stream_options") or {}
     include_usage = bool(options.get("include_usage")) and not behaviour.omit_usage
-    for i, chunk in enumerate(reply.chunks(include_usage)):
+    for i, chunk in enumerate(reply.chunks(include_usage, behaviour.chunk_chars)):
         if behaviour.drop_after_chunks is not None and i >= behaviour.drop_after_chunks:
             _drop(request)
             return response

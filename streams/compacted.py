@@ -49,11 +49,22 @@ class CompactedTopicReader:
         *,
         bootstrap_servers: str,
         topic: str,
-        on_record: Callable[[bytes], None],
+        on_record: Callable[[bytes], None] | None = None,
         client_config: Mapping[str, str] | None = None,
+        on_message: Callable[[Message], None] | None = None,
     ) -> None:
+        """`on_record` gets each record's value; a view that needs the key, partition or offset
+        too (sg.idempotency reads its own writes back by offset) passes `on_message` instead."""
+        if on_message is None:
+            if on_record is None:
+                raise ValueError("pass on_record or on_message")
+            on_value = on_record
+
+            def on_message(message: Message) -> None:
+                on_value(message.value() or b"")
+
         self._topic = topic
-        self._on_record = on_record
+        self._on_message = on_message
         self._consumer = Consumer(
             {
                 "bootstrap.servers": bootstrap_servers,
@@ -116,7 +127,7 @@ class CompactedTopicReader:
         messages = fetch_ready(self._consumer, wait_s=0.2, max_records=500, who=self._topic)
         for message in messages:
             try:
-                self._on_record(message.value() or b"")
+                self._on_message(message)
             except Exception as error:  # one bad record must not blind the view
                 log.warning("%s: skipped a record: %s", self._topic, error)
         return messages

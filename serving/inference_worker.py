@@ -32,6 +32,7 @@ for a partition is never past a queued task, and a crash or rebalance re-deliver
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
 import time
@@ -108,8 +109,9 @@ class OffsetTracker:
         return commit
 
     def commit_after(self, topic: str, partition: int, offset: int) -> int | None:
-        """What `finish` will return for this offset, without finishing it: the worker stores
-        the offset first, so a rebalance never sees a task done whose offset is not stored."""
+        """What `finish` will return for this offset, without finishing it: the worker hands
+        the offset over for storing first (`PendingOffsets`, stored by `_on_revoke` after its
+        wait), so a rebalance never sees a task done whose offset is not stored."""
         running = self._running.get((topic, partition))
         if running is None or offset not in running:
             return None  # revoked meanwhile
@@ -126,6 +128,52 @@ class OffsetTracker:
         for tp in partitions:
             self._running.pop((tp.topic, tp.partition), None)
             self._next.pop((tp.topic, tp.partition), None)
+
+
+class PendingOffsets:
+    """Offsets to store, handed from the event loop to the consumer's own (fetcher) thread.
+
+    The consumer is called from the fetcher thread only. A call from another thread while a
+    rebalance callback runs inside that thread's poll() blocks until the callback returns: a
+    `store_offsets` on the event loop then froze every running task, `_on_revoke`'s wait for
+    them ran out, and their partitions moved with the offsets unstored, so the new owner
+    answered those requests a second time (the replica-kill test's rare duplicate). Now a
+    finished task only records its offset here; the fetcher thread stores it right after,
+    before each poll, and in `_on_revoke` once the running tasks are done.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._offsets: dict[tuple[str, int], int] = {}
+
+    def put(self, topic: str, partition: int, offset: int) -> None:
+        with self._lock:
+            key = (topic, partition)
+            self._offsets[key] = max(self._offsets.get(key, -1), offset)
+
+    def take(self) -> list[TopicPartition]:
+        with self._lock:
+            offsets, self._offsets = self._offsets, {}
+        return [TopicPartition(t, p, o) for (t, p), o in offsets.items()]
+
+
+def _names(partitions: list[TopicPartition]) -> str:
+    """`topic[partition]@offset, …` for the logs (offset only when one is set)."""
+    return ", ".join(
+        f"{tp.topic}[{tp.partition}]" + (f"@{tp.offset}" if tp.offset >= 0 else "")
+        for tp in partitions
+    )
+
+
+def static_membership(instance_id: str | None) -> dict[str, str]:
+    """librdkafka's `group.instance.id` when one is configured (see `worker.group_instance_id`).
+
+    A static member is not removed when its process dies: the restarted process rejoins under
+    the same id and gets the same partitions without waiting out `session.timeout.ms` (the 45 s
+    stall the chaos soak measured). The price: a clean stop does not leave the group either, so
+    a process that is stopped for good holds its partitions until the session timeout.
+    """
+    return {} if instance_id is None else {"group.instance.id": instance_id}
 
 
 class AnsweredRequests:
@@ -275,6 +323,8 @@ class InferenceWorker:
             client_config=settings.kafka.client_config(),
         )
         self._started: OrderedDict[tuple[str, int], None] = OrderedDict()
+        self._pending = PendingOffsets()
+        self.revokes_cut_short = 0  # rebalances that moved partitions with tasks still running
         self.skipped = 0  # redelivered tasks not run again
         self._fetcher = ThreadPoolExecutor(1, thread_name_prefix="inference-fetch")
         self._consumer = Consumer(
@@ -288,6 +338,7 @@ class InferenceWorker:
                 "auto.offset.reset": "earliest",
                 "fetch.wait.max.ms": 50,
                 "socket.nagle.disable": True,
+                **static_membership(settings.worker.group_instance_id),
             }
         )
         self._producer: AsyncProducer | None = None
@@ -347,7 +398,7 @@ class InferenceWorker:
                 _done, stuck = await asyncio.wait(self._tasks, timeout=SHUTDOWN_GRACE_S)
                 for task in stuck:
                     task.cancel()
-            await loop.run_in_executor(self._fetcher, self._consumer.close)
+            await loop.run_in_executor(self._fetcher, self._close_consumer)
             await loop.run_in_executor(None, self._producer.close)
             await loop.run_in_executor(None, self._health.close)
             await loop.run_in_executor(None, self._catalogue.close)
@@ -419,7 +470,26 @@ class InferenceWorker:
         self._batch_in_flight -= 1
         self._steer()
 
+    def _store_pending(self) -> None:
+        """Store the offsets finished tasks left in `_pending` (on the fetcher thread only)."""
+        offsets = self._pending.take()
+        if not offsets:
+            return
+        try:
+            self._consumer.store_offsets(offsets=offsets)
+        except KafkaException:  # one of them revoked meanwhile: store the others one by one
+            for tp in offsets:
+                try:
+                    self._consumer.store_offsets(offsets=[tp])
+                except KafkaException as error:
+                    log.debug("inference: offset %s not stored: %s", _names([tp]), error)
+
+    def _close_consumer(self) -> None:
+        self._store_pending()
+        self._consumer.close()  # commits what is stored
+
     def _fetch(self) -> list[Message]:
+        self._store_pending()
         topics, self._new_topics = self._new_topics, None
         if topics is not None:  # subscribe from the consumer's own thread
             self._consumer.subscribe(topics, on_assign=self._on_assign, on_revoke=self._on_revoke)
@@ -452,8 +522,9 @@ class InferenceWorker:
             (self._consumer.pause if wanted else self._consumer.resume)(lane)
         self._batch_paused = wanted
 
-    def _on_assign(self, _consumer: Consumer, _partitions: list[TopicPartition]) -> None:
+    def _on_assign(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
         self._reassigned = True
+        log.info("inference: assigned %s", _names(partitions))
 
     def _on_revoke(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
         """Before the partitions go to another member, let their running tasks finish (bounded
@@ -473,12 +544,23 @@ class InferenceWorker:
         deadline = time.monotonic() + REVOKE_WAIT_S
         while self._tasks and self._tracker.running(partitions) and time.monotonic() < deadline:
             time.sleep(0.02)
+        still_running = self._tracker.running(partitions)
+        if still_running:
+            self.revokes_cut_short += 1
+        self._store_pending()
         self._tracker.forget(partitions)
         try:
-            self._consumer.commit(asynchronous=False)
+            committed = self._consumer.commit(asynchronous=False)
         except KafkaException as error:  # nothing stored since the last commit, or leaving
+            committed = None
             if error.args[0].code() != KafkaError._NO_OFFSET:
                 log.warning("inference: offsets not committed on revoke: %s", error)
+        log.info(
+            "inference: revoked %s%s; committed %s",
+            _names(partitions),
+            " with tasks still running" if still_running else "",
+            _names(committed or []),
+        )
 
     async def _process(self, message: Message) -> None:
         value = message.value() or b""
@@ -528,11 +610,10 @@ class InferenceWorker:
         topic, partition, offset = message.topic(), message.partition(), message.offset()
         commit = self._tracker.commit_after(topic, partition, offset)
         if commit is not None:
-            try:
-                self._consumer.store_offsets(offsets=[TopicPartition(topic, partition, commit)])
-            except Exception as error:  # partition revoked meanwhile
-                log.debug("inference: offset not stored: %s", error)
-        self._tracker.finish(topic, partition, offset)  # done only once its offset is stored
+            self._pending.put(topic, partition, commit)
+            with contextlib.suppress(RuntimeError):  # stopping: closing stores what is pending
+                self._fetcher.submit(self._store_pending)
+        self._tracker.finish(topic, partition, offset)  # done only once its offset is pending
 
     def _redelivered(self, task: InferenceTask) -> bool:
         """Whether this task was answered or started already; if not, it is started now."""

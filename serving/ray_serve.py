@@ -93,7 +93,13 @@ def replica_settings(settings: Settings, pool: str, serving: RayServeSettings) -
     its group after `app_id`), no fixed /metrics port (replicas share hosts; Ray exports its
     own metrics), and the shorter consumer session."""
     worker = settings.worker.model_copy(
-        update={"app_id": f"{settings.worker.app_id}-{pool}", "inference_metrics_port": None}
+        update={
+            "app_id": f"{settings.worker.app_id}-{pool}",
+            "inference_metrics_port": None,
+            # Replicas are interchangeable and share these settings: one static id would fence
+            # every replica but one, and Serve replaces a dead replica with a new one anyway.
+            "group_instance_id": None,
+        }
     )
     kafka = _ReplicaKafkaSettings(
         **dict(settings.kafka), session_timeout_ms=serving.consumer_session_timeout_ms
@@ -210,7 +216,9 @@ class InferenceReplica:
         from sluicegate.connectors.schema_registry import build_serde
         from sluicegate.serving.inference_worker import InferenceWorker
 
-        logging.basicConfig(level=logging.INFO, format="[%(levelname)s] %(name)s: %(message)s")
+        logging.basicConfig(
+            level=logging.INFO, format="%(asctime)s [%(levelname)s] %(name)s: %(message)s"
+        )
         self._pool = pool
         self._drain_s = serving.graceful_shutdown_timeout_s
         self._in_flight = InFlight()

@@ -199,6 +199,7 @@ def create_app(
         consumer_auto_offset_reset="earliest",
         broker_commit_interval=1.0,
         stream_wait_empty=False,
+        consumer_group_instance_id=settings.worker.group_instance_id,
     )
     publisher = Publisher(app=app, settings=settings, serde=serde, metrics=metrics)
     limits = _table(app, settings, "limits")

@@ -112,6 +112,30 @@ class Broker:
 
 
 @dataclass
+class ExternalBroker:
+    """A broker the soak did not start (`--bootstrap`): used, never killed or stopped.
+
+    The run keeps to topics and groups of its own (a unique topic prefix and app id) and
+    deletes them at the end, so it can share a broker with other work.
+    """
+
+    bootstrap: str
+    home: Path
+
+    def start(self) -> None:
+        return None
+
+    def pid(self) -> int | None:
+        return None
+
+    def kill9(self) -> int | None:
+        raise ServiceError("the broker of --bootstrap is not the soak's to kill")
+
+    def stop(self) -> None:
+        return None
+
+
+@dataclass
 class Role:
     """One restartable process: how to start it and how to tell it is ready."""
 

@@ -8,7 +8,9 @@ one on 9092), a fake OpenAI upstream, `sluicegate worker`, `sluicegate inference
 `sluicegate bridge`. Bounded: `rate * minutes * 60` requests, each retried at most
 `--max-attempts` times; kills stop `--chaos-tail` seconds before the load ends, then the log is
 given `--settle` seconds to finish what is journaled. Everything started here is stopped here,
-also on failure or Ctrl-C. The report (a table, and JSON in bench/results/) is verify.py's.
+also on failure or Ctrl-C. The report (a table, and JSON in bench/results/) is verify.py's,
+with the processes' RSS over the run and whether it stayed bounded (memory.py).
+`--bootstrap` uses a running broker instead (names of the run's own, deleted at the end).
 """
 
 from __future__ import annotations
@@ -31,9 +33,12 @@ from typing import Any
 import aiohttp
 
 from bench._procs import ServiceError, free_port
-from bench.soak.cluster import REPO_ROOT, Broker, Role, python_module
+from bench._targets import _delete_kafka_state
+from bench.soak.cluster import REPO_ROOT, Broker, ExternalBroker, Role, python_module
 from bench.soak.load import LoadPlan, expected_answer, prompt_of, run_load
 from bench.soak.logread import diagnose_lost
+from bench.soak.memory import Sample, alive, judge, tree_rss_mib
+from bench.soak.memory import render as render_memory
 from bench.soak.verify import (
     Kill,
     attribute_duplicates,
@@ -45,6 +50,7 @@ from bench.soak.verify import (
 )
 
 MODEL = "soak-model"
+RESULTS = REPO_ROOT / "bench" / "results"
 ROLES = ("worker", "inference", "bridge", "broker")
 
 
@@ -79,12 +85,43 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--settle", type=float, default=180.0, help="s to wait for final results")
     parser.add_argument("--upstream-delay-ms", type=float, default=20.0)
     parser.add_argument("--chunk-delay-ms", type=float, default=20.0)
+    parser.add_argument(
+        "--dynamic-membership",
+        action="store_true",
+        help="run the workers without worker.group_instance_id: a restarted worker then waits "
+        "out the dead one's session timeout (45-60 s) before it gets partitions",
+    )
+    parser.add_argument(
+        "--bootstrap",
+        help="use this running broker instead of starting one (topics and groups of the run's "
+        "own, deleted at the end); `broker` cannot be a target then",
+    )
+    parser.add_argument(
+        "--results-dir", type=Path, default=RESULTS, help="where the JSON and the logs go"
+    )
+    parser.add_argument(
+        "--rss-interval", type=float, default=10.0, help="s between RSS samples of each process"
+    )
+    parser.add_argument(
+        "--rss-warmup", type=float, default=120.0, help="s of each process's RSS not judged"
+    )
+    parser.add_argument(
+        "--max-rss-slope",
+        type=float,
+        default=20.0,
+        help="MiB/hour of RSS growth (second half of the run) above which a process fails the "
+        "memory check",
+    )
     parser.add_argument("--keep", action="store_true", help="keep the broker's data directory")
     args = parser.parse_args(argv)
     args.targets = [t.strip() for t in args.targets.split(",") if t.strip()]
     args.sequence = [t.strip() for t in args.sequence.split(",") if t.strip()]
     if set(args.targets) - set(ROLES) or set(args.sequence) - set(ROLES):
         parser.error(f"--targets, --sequence: choose from {ROLES}")
+    if args.bootstrap and "broker" in args.sequence:
+        parser.error("--sequence: the broker of --bootstrap is not the soak's to kill")
+    if args.bootstrap and "broker" in args.targets:
+        args.targets.remove("broker")
     if args.rate <= 0 or args.minutes <= 0:
         parser.error("--rate and --minutes must be positive")
     return args
@@ -125,24 +162,35 @@ class Soak:
         self.args = args
         self.run_dir = run_dir
         self.logs = run_dir / "logs"
-        self.broker = Broker(
-            home=home,
-            port=args.kafka_port,
-            controller_port=args.kafka_controller_port,
-            log=self.logs / "broker.log",
+        self.broker: Broker | ExternalBroker = (
+            ExternalBroker(bootstrap=args.bootstrap, home=home)
+            if args.bootstrap
+            else Broker(
+                home=home,
+                port=args.kafka_port,
+                controller_port=args.kafka_controller_port,
+                log=self.logs / "broker.log",
+            )
         )
+        # On a shared broker, names of the run's own; on the soak's own broker, the usual ones.
+        run = f"-{home.name.rsplit('-', 1)[-1]}" if args.bootstrap else ""
         upstream_port = free_port()
         self.upstream_base = f"http://127.0.0.1:{upstream_port}/v1"
         ports = [free_port(), free_port()]
         self.settings = Settings(
-            kafka=KafkaSettings(bootstrap_servers=self.broker.bootstrap),
+            kafka=KafkaSettings(
+                bootstrap_servers=self.broker.bootstrap,
+                topic_prefix=f"soak{run}." if run else KafkaSettings().topic_prefix,
+            ),
             bridge=BridgeSettings(port=ports[0], request_timeout_s=args.request_timeout),
             worker=WorkerSettings(
-                app_id="sluicegate-soak",
+                app_id=f"sluicegate-soak{run}",
                 inference_concurrency=16,
                 data_dir=home / "worker",
                 metrics_port=None,
                 inference_metrics_port=None,
+                # One worker of each kind, restarted under the same id (their groups differ).
+                group_instance_id=None if args.dynamic_membership else "soak-1",
             ),
             deployments=[
                 Deployment(
@@ -227,6 +275,9 @@ class Soak:
         for role in self.roles.values():
             with contextlib.suppress(Exception):
                 role.stop()
+        if isinstance(self.broker, ExternalBroker):
+            with contextlib.suppress(Exception):
+                _delete_kafka_state(self.settings)
         with contextlib.suppress(Exception):
             self.broker.stop()
         if self.broker.pid() is not None:  # kafka.sh refused (e.g. a stale lock): by pid
@@ -302,6 +353,26 @@ class Soak:
         except ServiceError as error:
             say(f"{role}: not ready after restart: {error}")
 
+    async def sample_memory(self, began: float, until: Callable[[], bool]) -> list[Sample]:
+        """RSS of every process of the run (the broker too, if it is the soak's), each
+        `--rss-interval` s while the load runs."""
+        samples: list[Sample] = []
+        while not until() and not self.stopping:
+            at = time.monotonic() - began
+            pids = {
+                name: (role.starts, role.service.pid if role.service is not None else None)
+                for name, role in self.roles.items()
+                if name != "upstream"
+            }
+            if isinstance(self.broker, Broker):
+                pids["broker"] = (self.broker.starts, self.broker.pid())
+            for name, (start, pid) in pids.items():
+                if name not in self.chaos.down and alive(pid):
+                    assert pid is not None
+                    samples.append(Sample(name, start, at, tree_rss_mib(pid)))
+            await asyncio.sleep(self.args.rss_interval)
+        return samples
+
     async def supervise(self, until: Callable[[], bool]) -> None:
         """Restart whatever died without being killed (and record it: that is a finding)."""
         loop = asyncio.get_running_loop()
@@ -343,6 +414,7 @@ class Soak:
 
         chaos = asyncio.create_task(self.chaos_loop(seconds)) if not args.no_chaos else None
         supervisor = asyncio.create_task(self.supervise(lambda: load_done))
+        memory = asyncio.create_task(self.sample_memory(time.monotonic(), lambda: load_done))
         try:
             attempts = await run_load(plan, self.chaos.now, progress)
         finally:
@@ -355,6 +427,9 @@ class Soak:
             with contextlib.suppress(asyncio.CancelledError):
                 await supervisor
         load_s = time.time() - started
+        rss = judge(
+            await memory, warmup_s=args.rss_warmup, max_slope_mib_per_hour=args.max_rss_slope
+        )
         say(f"load finished in {load_s:.0f} s; settling")
         snapshot, report, settle_s = await self.settle(attempts)
         loop = asyncio.get_running_loop()
@@ -392,6 +467,9 @@ class Soak:
                 asdict(a) for a in attempts if not 200 <= a.status < 300 or a.content_ok is False
             ][:200],
             "table": render_table(report, meta),
+            "memory": rss,
+            "memory_table": render_memory(rss, args.max_rss_slope),
+            "memory_bounded": all(v["bounded"] is not False for v in rss.values()),
         }
 
     async def settle(self, attempts: list[Any]) -> tuple[Any, Any, float]:
@@ -427,7 +505,7 @@ def say(text: str) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    run_dir = REPO_ROOT / "bench" / "results" / f"{stamp}-soak"
+    run_dir = args.results_dir / f"{stamp}-soak"
     run_dir.mkdir(parents=True, exist_ok=True)
     home = Path(tempfile.mkdtemp(prefix="sgsoak-"))
     soak = Soak(args, run_dir, home)
@@ -450,7 +528,7 @@ def main(argv: list[str] | None = None) -> int:
             )
         else:
             shutil.rmtree(home, ignore_errors=True)
-    out = REPO_ROOT / "bench" / "results" / f"soak-{stamp}.json"
+    out = args.results_dir / f"soak-{stamp}.json"
     out.write_text(json.dumps(result, indent=2, default=str))
     (run_dir / "result.json").write_text(out.read_text())
     print()
@@ -463,5 +541,7 @@ def main(argv: list[str] | None = None) -> int:
         print("lost requests, where they stopped:", json.dumps(result["lost_diagnosis"]))
     if result["crashes"]:
         print(f"processes that exited on their own: {[c['role'] for c in result['crashes']]}")
+    print()
+    print(result["memory_table"])
     print(f"JSON: {out}; logs: {run_dir / 'logs'}")
-    return 0 if result["report"]["goal_met"] else 1
+    return 0 if result["report"]["goal_met"] and result["memory_bounded"] else 1

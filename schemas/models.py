@@ -218,6 +218,15 @@ class DeploymentOutcomes(Event):
     failures: dict[str, int] = Field(default_factory=dict, description="Failed calls by error class.")
 
 
+class DocumentDeleted(Event):
+    """A document removed from a knowledge base: its chunks leave the store and replays skip it. Keyed by doc_id on sg.documents, then forwarded by each rag stage on sg.chunks and sg.embeddings, so it stays ordered after the document's earlier versions."""
+
+    AVRO_NAME: ClassVar[str] = "io.sluicegate.events.DocumentDeleted"
+    doc_id: str = Field(description="The document removed (of the envelope's tenant).")
+    knowledge_base: str = Field(description="Knowledge base it is removed from.")
+    requested_by: str | None = Field(default=None, description="Who asked: the caller's api_key_id (a key id or jwt:<subject>), or cli.")
+
+
 class DocumentSubmitted(Event):
     """A document to index into a knowledge base."""
 
@@ -286,6 +295,18 @@ class EvalRunCompleted(Event):
     cost_usd: float = Field(default=0.0, description="What the run's answers cost.")
     judge_usd: float = Field(default=0.0, description="What the judge cost.")
     failed: int = Field(default=0, description="Cases with no answer (error, timeout).")
+
+
+class IdempotencyClaim(Event):
+    """A record of an Idempotency-Key on the compacted sg.idempotency (key tenant_id/idempotency_key): a request claims the key, then its answer settles it or a failure a retry may cure releases it. Every bridge folds the topic; the first live claim of a key in the log holds it."""
+
+    AVRO_NAME: ClassVar[str] = "io.sluicegate.events.IdempotencyClaim"
+    idempotency_key: str = Field(description="The Idempotency-Key header as the caller sent it.")
+    state: str = Field(description="claimed (request_id holds the key until deadline), settled (answer is the key's answer for good) or released (request_id's claim ended without an answer worth keeping: a retry runs afresh).")
+    claimed_at: datetime = Field(description="When request_id claimed the key (settled and released records repeat their claim's); a claim is judged live or expired at this time, so every reader of the log agrees.")
+    deadline: datetime = Field(description="The claim holds until then (the request's deadline_ms plus a grace): after it, with no settlement, a new claim may supersede it.")
+    body_sha256: str = Field(description="Hex SHA-256 of the request's canonical JSON body (without stream and stream_options) and routing headers: a repeat with another body is refused (422).")
+    answer: bytes | None = Field(default=None, description="settled only: the final answer (ResponseReady or RequestRejected) in the wire format, replayed as JSON or as a one-chunk stream.")
 
 
 class InferenceFailed(Event):
@@ -460,6 +481,19 @@ class RequestEnriched(Event):
     mode: str = Field(default='hybrid', description="Retrievers used: keyword, semantic or hybrid. Added in v2.")
 
 
+class VerifiedPrincipal(AvroRecord):
+    """What the bridge verified of a JWT caller, for stages that authorize past it (never the token). Added in v2."""
+
+    AVRO_NAME: ClassVar[str] = "io.sluicegate.events.VerifiedPrincipal"
+    method: str = Field(description="How the caller authenticated: jwt.")
+    tenant_id: str = Field(description="The token's tenant.")
+    subject: str = Field(description="The token's subject (api_key_id is jwt:<subject>).")
+    roles: list[str] = Field(default_factory=list, description="The token's roles.")
+    attributes: dict[str, str] = Field(default_factory=dict, description="Attributes as the bridge resolved them (token claims, tenant's on top); `groups` holds the groups, comma-separated.")
+    allowed_models: list[str] = Field(default_factory=list, description="The token's model list (empty: no restriction at the token's level).")
+    expires_at_ms: int | None = Field(default=None, description="Epoch millis of the token's `exp`; later stages refuse it once passed.")
+
+
 class RequestReceived(Event):
     """The journal entry of one inference request, written by the bridge (or any producer) before anything else happens."""
 
@@ -474,6 +508,7 @@ class RequestReceived(Event):
     reply_to: str | None = Field(default=None, description="Which bridge instance waits for the answer; null for fire-and-forget producers.")
     idempotency_key: str | None = Field(default=None, description="The caller's Idempotency-Key header, if any.")
     deadline_ms: int | None = Field(default=None, description="Epoch millis after which nobody waits for the answer.")
+    principal: VerifiedPrincipal | None = Field(default=None, description="The verified facts of a JWT caller (roles, attributes, subject, expiry), journaled by the bridge so admission can authorize knowledge-base reads; null for API keys (rebuilt from sg.identity) and anonymous callers. Added in v2.")
 
 
 class RequestRejected(Event):
@@ -542,4 +577,4 @@ class TokenChunk(Event):
     citations_json: str | None = Field(default=None, description="Numbered sources of the retrieved context (RAG) as a JSON array, returned to the caller as `sluicegate.citations`; null when no knowledge base was searched. Set on the last chunk only.")
 
 
-EVENT_MODELS: dict[str, type[Event]] = {"ApiKeyRecord": ApiKeyRecord, "AuditRecord": AuditRecord, "BudgetAlert": BudgetAlert, "CacheFill": CacheFill, "CatalogueUpdated": CatalogueUpdated, "ChunkCreated": ChunkCreated, "ChunkEmbedded": ChunkEmbedded, "CostEntry": CostEntry, "DeadLetter": DeadLetter, "DeploymentHealth": DeploymentHealth, "DeploymentOutcomes": DeploymentOutcomes, "DocumentSubmitted": DocumentSubmitted, "DriftDetected": DriftDetected, "EvalCaseResult": EvalCaseResult, "EvalRunCompleted": EvalRunCompleted, "InferenceFailed": InferenceFailed, "InferenceResult": InferenceResult, "InferenceTask": InferenceTask, "PolicyRecord": PolicyRecord, "ProbeStarted": ProbeStarted, "PromptVersionPublished": PromptVersionPublished, "RequestAdmitted": RequestAdmitted, "RequestEnriched": RequestEnriched, "RequestReceived": RequestReceived, "RequestRejected": RequestRejected, "ResponseReady": ResponseReady, "Span": Span, "TenantRecord": TenantRecord, "TokenChunk": TokenChunk}
+EVENT_MODELS: dict[str, type[Event]] = {"ApiKeyRecord": ApiKeyRecord, "AuditRecord": AuditRecord, "BudgetAlert": BudgetAlert, "CacheFill": CacheFill, "CatalogueUpdated": CatalogueUpdated, "ChunkCreated": ChunkCreated, "ChunkEmbedded": ChunkEmbedded, "CostEntry": CostEntry, "DeadLetter": DeadLetter, "DeploymentHealth": DeploymentHealth, "DeploymentOutcomes": DeploymentOutcomes, "DocumentDeleted": DocumentDeleted, "DocumentSubmitted": DocumentSubmitted, "DriftDetected": DriftDetected, "EvalCaseResult": EvalCaseResult, "EvalRunCompleted": EvalRunCompleted, "IdempotencyClaim": IdempotencyClaim, "InferenceFailed": InferenceFailed, "InferenceResult": InferenceResult, "InferenceTask": InferenceTask, "PolicyRecord": PolicyRecord, "ProbeStarted": ProbeStarted, "PromptVersionPublished": PromptVersionPublished, "RequestAdmitted": RequestAdmitted, "RequestEnriched": RequestEnriched, "RequestReceived": RequestReceived, "RequestRejected": RequestRejected, "ResponseReady": ResponseReady, "Span": Span, "TenantRecord": TenantRecord, "TokenChunk": TokenChunk}

@@ -23,13 +23,15 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from sluicegate.connectors.key_hashing import Argon2SecretHasher
-from sluicegate.errors import AuthError, BrokerError
+from sluicegate.errors import AuthError, BrokerError, IdempotencyError
 from sluicegate.processors.authz import MODEL_USE, Authorizer, Resource
 from sluicegate.processors.envelope import new_event_id, new_span_id, new_trace_id, now
+from sluicegate.processors.idempotency import fingerprint
 from sluicegate.processors.identity import (
     IdentityRecord,
     Principal,
     identity_envelope,
+    journaled_principal,
     record_key,
     token_from_headers,
 )
@@ -47,7 +49,7 @@ from sluicegate.schemas.models import (
 from sluicegate.schemas.serde import AvroSerde
 from sluicegate.serving import openai_format as fmt
 from sluicegate.serving.admin_api import AdminApi, AdminAudit
-from sluicegate.serving.idempotency import IdempotencyCache
+from sluicegate.serving.idempotency import IdempotencyGate, Lease
 from sluicegate.serving.kafka_io import AsyncProducer, ReplyRouter
 from sluicegate.serving.knowledge_api import add_routes as add_knowledge_routes
 from sluicegate.serving.metrics import BridgeMetrics
@@ -85,6 +87,7 @@ class OpenAIError(Exception):
     ) -> None:
         super().__init__(message)
         self.status = status
+        self.code = code
         self.body = fmt.error_body(message, type_=type_, param=param, code=code)
         self.headers = headers or {}
 
@@ -133,9 +136,9 @@ class Bridge:
         self.serde = serde
         self.instance_id = f"bridge-{uuid.uuid4().hex[:12]}"
         self.metrics = BridgeMetrics()
-        self.idempotency = IdempotencyCache(
-            ttl_s=settings.bridge.idempotency_ttl_s,
-            max_entries=settings.bridge.idempotency_max_entries,
+        # Idempotency-Keys of every bridge: sg.idempotency, followed from start() on.
+        self.idempotency = IdempotencyGate(
+            settings=settings, serde=serde, instance_id=self.instance_id
         )
         self.journal: AsyncProducer | None = None
         self.router: ReplyRouter | None = None
@@ -168,6 +171,7 @@ class Bridge:
             topics=[self.settings.topic("responses"), self.settings.topic("stream")],
         )
         await loop.run_in_executor(None, self.router.start)
+        await self.idempotency.start(self.journal, self.router)
         await loop.run_in_executor(None, self.identity.start)
         await loop.run_in_executor(None, self.prompts.start)
         # Aliases and /v1/models follow catalogue reloads (the listener runs on the view's thread).
@@ -184,6 +188,7 @@ class Bridge:
             await loop.run_in_executor(None, self.catalogue.close)
         await loop.run_in_executor(None, self.identity.close)
         await loop.run_in_executor(None, self.prompts.close)
+        await self.idempotency.stop()
         if self.router is not None:
             await loop.run_in_executor(None, self.router.close)
         if self.journal is not None:
@@ -367,21 +372,47 @@ class Bridge:
             )
         self.authz.require(principal, MODEL_USE, Resource(tenant, name=journal_event.model))
         if idempotency_key:
-            first = self.idempotency.claim(tenant, idempotency_key)
-            if first is not None:
-                answer = await asyncio.wait_for(asyncio.shield(first), timeout_s)
-                self.metrics.idempotent_replays.inc()
-                return await self._replay(request, answer, journal_event.stream)
+            return await self._run_once(request, body, journal_event, idempotency_key, timeout_s)
+        return (await self._run(request, journal_event, timeout_s))[1]
+
+    async def _run_once(
+        self,
+        request: web.Request,
+        body: dict[str, Any],
+        event: RequestReceived,
+        key: str,
+        timeout_s: float,
+    ) -> web.StreamResponse:
+        """Idempotency-Key, on every bridge (serving/idempotency.py): replay the key's answer,
+        wait for the request that holds the key, or hold it and run this one."""
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        routing = {h: request.headers[h] for h in OVERRIDE_HEADERS if request.headers.get(h)}
         try:
-            answer_or_response = await self._run(request, journal_event, timeout_s)
-        except BaseException as error:
-            if idempotency_key:
-                self.idempotency.abandon(tenant, idempotency_key, error)
+            admitted = await self.idempotency.admit(
+                event, key=key, body_sha256=fingerprint(body, routing), timeout_s=timeout_s
+            )
+        except IdempotencyError as error:
+            retry = {"Retry-After": "1"} if error.retry_after_s is not None else None
+            raise OpenAIError(
+                error.status, str(error), type_=error.error_type, code=error.code, headers=retry
+            ) from error
+        if not isinstance(admitted, Lease):
+            self.metrics.idempotent_replays.inc()
+            return await self._replay(request, admitted, event.stream)
+        remaining = max(0.001, timeout_s - (loop.time() - started))  # the same overall deadline
+        try:
+            answer, response = await self._run(request, event, remaining)
+        except OpenAIError as error:
+            # Only a request shed before the journal is surely not on it: its key is freed.
+            # Any other error may belong to a journaled request, whose answer may still come.
+            self.idempotency.abandon(admitted, journaled=error.code != "overloaded")
             raise
-        if idempotency_key:
-            answer, _ = answer_or_response
-            self.idempotency.settle(tenant, idempotency_key, answer)
-        return answer_or_response[1]
+        except BaseException:
+            self.idempotency.abandon(admitted, journaled=True)
+            raise
+        self.idempotency.settle(admitted, answer)
+        return response
 
     # -- helpers ------------------------------------------------------------------------------
 
@@ -453,6 +484,7 @@ class Bridge:
                 reply_to=self.instance_id,
                 idempotency_key=idempotency_key,
                 deadline_ms=int((time.time() + timeout_s) * 1000),
+                principal=journaled_principal(principal),  # a JWT's verified facts, no token
             )
         except fmt.InvalidRequest as error:
             raise OpenAIError(400, error.message, param=error.param, code=error.code) from error

@@ -7,9 +7,17 @@
     │   └── SerializationError           bytes that are not a valid record (magic byte, Avro)
     ├── RegistryError                    the schema registry refused or was unreachable
     ├── BrokerError                      Kafka refused or timed out (topic, retriable)
+    │   └── BrokerAuthenticationError    the broker refused our SASL credentials (mechanism,
+    │                                    username; never retriable: the same ones fail again)
     ├── AnalyticsError                   the analytics store (ClickHouse, chDB) failed (retriable)
     ├── BackendError                     an inference backend failed (error_class, status_code,
     │                                    retriable, retry_after_s) — mapped to InferenceFailed
+    ├── IdempotencyError                 an Idempotency-Key cannot be honoured (status, code,
+    │   │                                error_type, request_id of the key's first request)
+    │   ├── IdempotencyKeyReused         422: the key belongs to a request with another body
+    │   ├── IdempotencyKeyInUse          409: the request holding the key outlived this one's
+    │   │                                timeout (retry later)
+    │   └── IdempotencyUnavailable       503: the key could not be claimed (broker)
     └── AuthError                        a caller is not let in (code, status, error_type)
         ├── AuthenticationError          401: who is calling is not established
         │   ├── MissingCredentialsError      no API key or token (missing_api_key)
@@ -63,6 +71,17 @@ class BrokerError(SluicegateError):
         self.retriable = retriable
 
 
+class BrokerAuthenticationError(BrokerError):
+    """The broker refused the client's credentials (a wrong SASL password or user, a mechanism
+    the listener does not enable). Raised at start-up instead of waiting out a metadata timeout
+    that would only say "broker transport failure"; `retriable` is False."""
+
+    def __init__(self, message: str, *, mechanism: str | None, username: str | None) -> None:
+        super().__init__(message, retriable=False)
+        self.mechanism = mechanism
+        self.username = username
+
+
 class AnalyticsError(SluicegateError):
     """The analytics store refused a statement or could not be reached.
 
@@ -91,6 +110,45 @@ class BackendError(SluicegateError):
         self.status_code = status_code
         self.retriable = retriable
         self.retry_after_s = retry_after_s
+
+
+class IdempotencyError(SluicegateError):
+    """An Idempotency-Key cannot be honoured. `status`, `code` and `error_type` are the HTTP
+    answer; `request_id` is the request that holds or answered the key (None if unknown);
+    `retry_after_s` is set when a retry with the same key may succeed."""
+
+    status: int = 409
+    code: str = "idempotency_error"
+    error_type: str = "invalid_request_error"
+    retry_after_s: float | None = None
+
+    def __init__(self, message: str, *, request_id: str | None = None) -> None:
+        super().__init__(message)
+        self.request_id = request_id
+
+
+class IdempotencyKeyReused(IdempotencyError):
+    """422: the key was first used with another body; replaying that answer would be wrong."""
+
+    status = 422
+    code = "idempotency_key_reused"
+
+
+class IdempotencyKeyInUse(IdempotencyError):
+    """409: another request holds the key and had no answer within this request's timeout."""
+
+    status = 409
+    code = "idempotency_key_in_use"
+    retry_after_s = 1.0
+
+
+class IdempotencyUnavailable(IdempotencyError):
+    """503: the claim on the key could not be written or read back; nothing was journaled."""
+
+    status = 503
+    code = "idempotency_unavailable"
+    error_type = "server_error"
+    retry_after_s = 1.0
 
 
 class AuthError(SluicegateError):

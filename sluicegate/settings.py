@@ -268,6 +268,15 @@ class WorkerSettings(BaseModel):
         validate_default=True,
         description="Faust's local state; `~` and relative paths are made absolute.",
     )
+    group_instance_id: str | None = Field(
+        default=None,
+        min_length=1,
+        pattern=r"^[A-Za-z0-9._-]+$",
+        description="Static group membership (KIP-345) for the Faust worker's and the inference "
+        "worker's consumer groups: a restarted process with the same id takes its partitions "
+        "back at once instead of after the session timeout. Unique per process of a group; "
+        "null: dynamic membership.",
+    )
 
     @field_validator("data_dir")
     @classmethod
@@ -718,6 +727,25 @@ class GuardrailsSettings(BaseModel):
         default="flag",
         description="An answer that misses the requested response_format (json_object / "
         "json_schema): flag (trace only), block (502 `invalid_json_output`).",
+    )
+    output_stream_mode: Literal["holdback", "passthrough"] = Field(
+        default="holdback",
+        description="Streamed answers under output rules that block, mask or redact: holdback "
+        "(text is released in windows the guard has checked, so nothing it would withhold or "
+        "rewrite reaches the caller; costs first-token latency) or passthrough (tokens go out "
+        "as they come; the guard only sees the whole answer, after the caller did).",
+    )
+    output_stream_window_chars: int = Field(
+        default=64,
+        ge=1,
+        description="holdback: characters of new text released per check (NeMo's chunk_size).",
+    )
+    output_stream_overlap_chars: int = Field(
+        default=64,
+        ge=0,
+        description="holdback: characters held back past each window and checked again as "
+        "the next one's context (NeMo's context_size); a value of up to this length that "
+        "starts in a released window is always seen whole.",
     )
     policy_file: Path | None = Field(
         default=None,

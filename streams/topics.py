@@ -9,14 +9,18 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-from confluent_kafka import KafkaException
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka import KafkaError, KafkaException
+from confluent_kafka.admin import AdminClient, ClusterMetadata, NewTopic
 
-from sluicegate.errors import BrokerError
-from sluicegate.settings import Settings
+from sluicegate.errors import BrokerAuthenticationError, BrokerError
+from sluicegate.settings import KafkaSettings, Settings
 
 DAY_MS = 24 * 3600 * 1000
 FOREVER = -1
+# How long one metadata wait lasts before the error callback is looked at. librdkafka reports
+# a refused SASL login there ~0.3 s after connecting, while the metadata call itself waits out
+# its whole timeout and then says only "broker transport failure".
+_AUTH_CHECK_S = 0.5
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,12 +32,13 @@ class TopicSpec:
     cleanup: str = "delete"
     partitions: int | None = None  # None: the configured default
     dlq: bool = False  # consumed by an agent, so it has a `.dlq` sibling
+    extra: tuple[tuple[str, str], ...] = ()  # further topic configs
 
     def config(self) -> dict[str, str]:
         config = {"cleanup.policy": self.cleanup}
-        if self.cleanup == "delete":
+        if "delete" in self.cleanup.split(","):
             config["retention.ms"] = str(self.retention_ms)
-        return config
+        return config | dict(self.extra)
 
 
 def catalogue(settings: Settings) -> list[TopicSpec]:
@@ -62,9 +67,15 @@ def catalogue(settings: Settings) -> list[TopicSpec]:
         TopicSpec(t("traces"), "trace_id", ("Span",), 30 * DAY_MS),
         TopicSpec(t("cost"), "tenant_id", ("CostEntry",), 400 * DAY_MS, dlq=True),
         # RAG ingestion (serving/rag_worker.py): kept, since replays rebuild stores from them.
-        TopicSpec(t("documents"), "doc_id", ("DocumentSubmitted",), FOREVER, dlq=True),
-        TopicSpec(t("chunks"), "doc_id", ("ChunkCreated",), FOREVER, dlq=True),
-        TopicSpec(t("embeddings"), "doc_id", ("ChunkEmbedded",), FOREVER, dlq=True),
+        # A DocumentDeleted rides each of the three under the document's key, so it stays
+        # ordered after the document's earlier records at every stage and in every replay.
+        TopicSpec(
+            t("documents"), "doc_id", ("DocumentSubmitted", "DocumentDeleted"), FOREVER, dlq=True
+        ),
+        TopicSpec(t("chunks"), "doc_id", ("ChunkCreated", "DocumentDeleted"), FOREVER, dlq=True),
+        TopicSpec(
+            t("embeddings"), "doc_id", ("ChunkEmbedded", "DocumentDeleted"), FOREVER, dlq=True
+        ),
         TopicSpec(
             t("prompts"),
             "tenant_id/prompt_name@version",  # one key per version: compaction keeps history
@@ -87,6 +98,7 @@ def catalogue(settings: Settings) -> list[TopicSpec]:
             partitions=1,
         ),
         TopicSpec(t("_schemas"), "schema_id", (), cleanup="compact", partitions=1),
+        idempotency_topic(settings),
     ]
     # The deployments' pools, and the batch lane (processors/priority.py) even when no worker
     # consumes it yet: admission writes batch tasks there whatever runs.
@@ -106,6 +118,23 @@ def catalogue(settings: Settings) -> list[TopicSpec]:
     return specs
 
 
+def idempotency_topic(settings: Settings) -> TopicSpec:
+    """Idempotency-Keys (serving/idempotency.py): compacted, so a key's last record (its
+    settlement) is what a starting bridge reads, and deleted after the keys' TTL, which is when
+    the bridges forget them anyway. Segments roll hourly so both actually happen; records
+    younger than ten minutes (or two request timeouts) are never compacted, so the claims of a
+    race in flight all stay for whoever reads them."""
+    lag_ms = max(600 * 1000, int(settings.bridge.request_timeout_s * 2000))
+    return TopicSpec(
+        settings.topic("idempotency"),
+        "tenant_id/idempotency_key",
+        ("IdempotencyClaim",),
+        retention_ms=max(int(settings.bridge.idempotency_ttl_s * 1000), 3600 * 1000),
+        cleanup="compact,delete",
+        extra=(("segment.ms", str(3600 * 1000)), ("min.compaction.lag.ms", str(lag_ms))),
+    )
+
+
 TABLES = ("health", "limits", "cache", "audit", "drift")
 
 
@@ -117,11 +146,9 @@ def faust_changelogs(settings: Settings) -> list[str]:
 
 def ensure_topics(settings: Settings, *, timeout_s: float = 30.0) -> list[str]:
     """Create every missing catalogue topic; return the names created. Safe to call again."""
-    admin = AdminClient(settings.kafka.client_config())
-    try:
-        existing = set(admin.list_topics(timeout=timeout_s).topics)
-    except KafkaException as exc:
-        raise BrokerError(f"cannot list topics: {exc}", retriable=True) from exc
+    refused: list[KafkaError] = []
+    admin = AdminClient({**settings.kafka.client_config(), "error_cb": refused.append})
+    existing = set(_list_topics(admin, settings.kafka, refused, timeout_s).topics)
     wanted = [
         NewTopic(
             spec.name,
@@ -144,6 +171,33 @@ def ensure_topics(settings: Settings, *, timeout_s: float = 30.0) -> list[str]:
                 raise BrokerError(f"cannot create {name}: {exc}", topic=name) from exc
     _wait_for_leaders(admin, created, timeout_s)
     return created
+
+
+def _list_topics(
+    admin: AdminClient, kafka: KafkaSettings, errors: list[KafkaError], timeout_s: float
+) -> ClusterMetadata:
+    """The cluster's metadata within `timeout_s`. Every process calls this first (through
+    `ensure_topics`), so wrong credentials fail here, at once, as a BrokerAuthenticationError:
+    `errors` is what the admin client's error callback collected."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            return admin.list_topics(
+                timeout=max(0.01, min(_AUTH_CHECK_S, deadline - time.monotonic()))
+            )
+        except KafkaException as exc:
+            admin.poll(0)  # serves the error callback
+            refused = next((e for e in errors if e.code() == KafkaError._AUTHENTICATION), None)
+            if refused is not None:
+                raise BrokerAuthenticationError(
+                    f"the broker at {kafka.bootstrap_servers} refused the credentials of "
+                    f"{kafka.sasl_username!r} ({kafka.sasl_mechanism} over "
+                    f"{kafka.security_protocol}): {refused.str()}",
+                    mechanism=kafka.sasl_mechanism,
+                    username=kafka.sasl_username,
+                ) from exc
+            if time.monotonic() >= deadline:
+                raise BrokerError(f"cannot list topics: {exc}", retriable=True) from exc
 
 
 def _wait_for_leaders(admin: AdminClient, names: list[str], timeout_s: float) -> None:

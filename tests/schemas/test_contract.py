@@ -50,6 +50,10 @@ DESIGN_EVENTS = {
     "ApiKeyRecord",
     "TenantRecord",
     "PolicyRecord",
+    # added by RAG (issue 5): a document removed from a knowledge base
+    "DocumentDeleted",
+    # Idempotency-Keys across bridges: claims and settlements on the compacted sg.idempotency
+    "IdempotencyClaim",
 }
 
 

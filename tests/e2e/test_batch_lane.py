@@ -14,14 +14,14 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import openai
 import pytest
 
-from sluicegate.connectors.ports import Completion, Delta
+from sluicegate.connectors.ports import Completion
 from sluicegate.connectors.schema_registry import build_serde
 from sluicegate.schemas.models import InferenceTask, Span
 from sluicegate.schemas.serde import AvroSerde
@@ -37,6 +37,7 @@ from sluicegate.settings import (
 from sluicegate.streams.topics import ensure_topics
 from tests.builders import task
 from tests.conftest import CALLER_TOKEN
+from tests.fakes.backends import CompleteOnlyBackend, answer
 from tests.fakes.openai_upstream import Behaviour
 from tests.topics_io import drop_topics, produce, wait_for, wait_for_event
 
@@ -168,7 +169,7 @@ def test_interactive_requests_are_not_starved_behind_a_batch_backlog(
     assert drained >= 2 * slow_s, "the backlog ran as one wave: no batch task waited on the lane"
 
 
-class GatedBackend:
+class GatedBackend(CompleteOnlyBackend):
     """Every call waits until the test releases its request; `running` are the calls under way."""
 
     def __init__(self) -> None:
@@ -187,20 +188,7 @@ class GatedBackend:
             await self.gates.setdefault(t.request_id, asyncio.Event()).wait()
         finally:
             self.running.discard(t.request_id)
-        return Completion(
-            text="ok",
-            finish_reason="stop",
-            prompt_tokens=1,
-            completion_tokens=1,
-            provider_model="p",
-        )
-
-    async def stream(self, t: InferenceTask) -> AsyncIterator[Delta]:
-        raise NotImplementedError
-        yield  # pragma: no cover
-
-    async def aclose(self) -> None:
-        return None
+        return answer("ok")
 
 
 async def until(condition, what: str, timeout_s: float = 15.0) -> None:

@@ -15,25 +15,25 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
-from sluicegate.connectors.ports import Completion, Delta
+from sluicegate.connectors.ports import Completion
 from sluicegate.connectors.schema_registry import build_serde
 from sluicegate.schemas.models import InferenceTask
 from sluicegate.serving.inference_worker import InferenceWorker, PendingOffsets
 from sluicegate.settings import Deployment, KafkaSettings, ModelAlias, Settings, WorkerSettings
 from sluicegate.streams.topics import ensure_topics
 from tests.builders import task
+from tests.fakes.backends import CompleteOnlyBackend, answer
 from tests.serving.test_inference_redelivery import responses_for
 from tests.topics_io import drop_topics, produce
 
 ANSWER_S = 0.3
 
 
-class SlowBackend:
+class SlowBackend(CompleteOnlyBackend):
     """Answers every task after ANSWER_S; `calls` is shared by both workers' backends."""
 
     def __init__(self, calls: Counter[str]) -> None:
@@ -42,20 +42,7 @@ class SlowBackend:
     async def complete(self, t: InferenceTask) -> Completion:
         self.calls[t.request_id] += 1
         await asyncio.sleep(ANSWER_S)
-        return Completion(
-            text="hi",
-            finish_reason="stop",
-            prompt_tokens=1,
-            completion_tokens=1,
-            provider_model="p",
-        )
-
-    async def stream(self, t: InferenceTask) -> AsyncIterator[Delta]:
-        raise NotImplementedError
-        yield  # pragma: no cover
-
-    async def aclose(self) -> None:
-        return None
+        return answer()
 
 
 @pytest.mark.unit

@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 from confluent_kafka import Consumer, TopicPartition
 
-from sluicegate.connectors.ports import Completion, Delta
+from sluicegate.connectors.ports import Completion
 from sluicegate.connectors.schema_registry import build_serde
 from sluicegate.schemas.models import InferenceTask, ResponseReady
 from sluicegate.serving.inference_worker import InferenceWorker
@@ -29,31 +28,19 @@ from sluicegate.settings import (
 )
 from sluicegate.streams.topics import ensure_topics
 from tests.builders import task
+from tests.fakes.backends import CompleteOnlyBackend, answer
 from tests.topics_io import produce
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
 
-class CountingBackend:
+class CountingBackend(CompleteOnlyBackend):
     def __init__(self) -> None:
         self.calls: list[str] = []
 
     async def complete(self, t: InferenceTask) -> Completion:
         self.calls.append(t.request_id)
-        return Completion(
-            text="hi",
-            finish_reason="stop",
-            prompt_tokens=1,
-            completion_tokens=1,
-            provider_model="p",
-        )
-
-    async def stream(self, t: InferenceTask) -> AsyncIterator[Delta]:
-        raise NotImplementedError
-        yield  # pragma: no cover
-
-    async def aclose(self) -> None:
-        return None
+        return answer()
 
 
 def responses_for(settings: Settings, serde, request_id: str) -> list[ResponseReady]:

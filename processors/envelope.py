@@ -39,18 +39,23 @@ def new_event_id() -> str:
     return str(uuid.uuid4())
 
 
-def system_envelope(*, producer: str) -> dict[str, Any]:
-    """Envelope of an event no request caused (a catalogue version, a health summary): tenant
-    `system`, and a request and trace of its own so correlation fields are never empty."""
+def origin_envelope(tenant_id: str, *, producer: str) -> dict[str, Any]:
+    """Envelope of an event no request caused (an identity record, a submitted or deleted
+    document): a request and trace of its own, so correlation fields are never empty."""
     return {
         "event_id": new_event_id(),
         "occurred_at": now(),
-        "tenant_id": "system",
+        "tenant_id": tenant_id,
         "request_id": new_event_id(),
         "trace_id": new_trace_id(),
         "span_id": new_span_id(),
         "producer": producer,
     }
+
+
+def system_envelope(*, producer: str) -> dict[str, Any]:
+    """Envelope of an event of no tenant (a catalogue version, a health summary)."""
+    return origin_envelope("system", producer=producer)
 
 
 def child_envelope(parent: Event, *, producer: str, span_id: str | None = None) -> dict[str, Any]:

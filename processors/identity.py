@@ -48,7 +48,7 @@ from sluicegate.errors import (
     TenantDisabledError,
     UnknownKeyError,
 )
-from sluicegate.processors.envelope import new_event_id, new_span_id, new_trace_id, now
+from sluicegate.processors.envelope import origin_envelope
 from sluicegate.schemas.models import (
     ApiKeyRecord,
     IdentityLimits,
@@ -286,15 +286,7 @@ def journaled_claims(facts: VerifiedPrincipal) -> TokenClaims:
 
 def identity_envelope(tenant_id: str, *, producer: str) -> dict[str, Any]:
     """Envelope of an identity record: the owning tenant, a request and trace of its own."""
-    return {
-        "event_id": new_event_id(),
-        "occurred_at": now(),
-        "tenant_id": tenant_id,
-        "request_id": new_event_id(),
-        "trace_id": new_trace_id(),
-        "span_id": new_span_id(),
-        "producer": producer,
-    }
+    return origin_envelope(tenant_id, producer=producer)
 
 
 def record_key(record: IdentityRecord) -> str:

@@ -48,14 +48,7 @@ from sluicegate.connectors.vector_store import (
 )
 from sluicegate.errors import SluicegateError
 from sluicegate.processors.chunking import Chunker, TextEmbedder
-from sluicegate.processors.envelope import (
-    Emit,
-    child_envelope,
-    new_event_id,
-    new_span_id,
-    new_trace_id,
-    now,
-)
+from sluicegate.processors.envelope import Emit, child_envelope, origin_envelope
 from sluicegate.schemas.models import (
     ChunkCreated,
     ChunkEmbedded,
@@ -116,13 +109,7 @@ def submitted(
             reason="too_large",
         )
     return DocumentSubmitted(
-        event_id=new_event_id(),
-        occurred_at=now(),
-        tenant_id=tenant_id,
-        request_id=new_event_id(),
-        trace_id=new_trace_id(),
-        span_id=new_span_id(),
-        producer=producer,
+        **origin_envelope(tenant_id, producer=producer),
         doc_id=doc_id or parsed.doc_id,
         knowledge_base=knowledge_base,
         text=parsed.text,
@@ -148,13 +135,7 @@ def deleted(
     if not doc_id.strip():
         raise InvalidDocumentError("a document id cannot be empty", reason="bad_doc_id")
     return DocumentDeleted(
-        event_id=new_event_id(),
-        occurred_at=now(),
-        tenant_id=tenant_id,
-        request_id=new_event_id(),
-        trace_id=new_trace_id(),
-        span_id=new_span_id(),
-        producer=producer,
+        **origin_envelope(tenant_id, producer=producer),
         doc_id=doc_id,
         knowledge_base=knowledge_base,
         requested_by=requested_by,

@@ -11,13 +11,19 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from sluicegate.connectors.ports import Completion
 from sluicegate.errors import BackendError
 from sluicegate.processors.audit import guard_fact
 from sluicegate.processors.cost import cost_entry, usd
 from sluicegate.processors.envelope import Emit, child_envelope, now, sibling_envelope, span_emit
-from sluicegate.processors.guard_output import OutputContext, OutputDecision, OutputGuard
+from sluicegate.processors.guard_output import (
+    OutputBlock,
+    OutputContext,
+    OutputDecision,
+    OutputGuard,
+)
 from sluicegate.processors.guard_stream import StreamHoldback
 from sluicegate.processors.priority import priority_of
 from sluicegate.processors.resilience import Fallback, GiveUp, Retry
@@ -118,14 +124,7 @@ class Finisher:
         """A held-back stream's block, sent at once: the caller's stream ends with this error
         and never receives the text that caused it (the result and its span follow later)."""
         assert decision.block is not None
-        rejected = RequestRejected(
-            **child_envelope(task, producer=PRODUCER),
-            stage="output_guard",
-            error_type=decision.block.error_type,
-            code=decision.block.code,
-            message=decision.block.message,
-            http_status=decision.block.http_status,
-        )
+        rejected = _withheld(child_envelope(task, producer=PRODUCER), decision.block)
         return Emit("responses", task.request_id, rejected)
 
     def succeeded(
@@ -194,14 +193,7 @@ class Finisher:
             if fact is not None:
                 emits.append(fact)
             if decision.block is not None and not guarded.rejected:
-                withheld = RequestRejected(
-                    **sibling_envelope(result, producer=PRODUCER),
-                    stage="output_guard",
-                    error_type=decision.block.error_type,
-                    code=decision.block.code,
-                    message=decision.block.message,
-                    http_status=decision.block.http_status,
-                )
+                withheld = _withheld(sibling_envelope(result, producer=PRODUCER), decision.block)
                 emits.insert(0, Emit("responses", task.request_id, withheld))
         if not blocked:
             emits.insert(0, Emit("responses", task.request_id, response))
@@ -340,3 +332,15 @@ class Finisher:
         return span_emit(
             envelope, name=PRODUCER, started=started, status=status, attributes=attributes
         )
+
+
+def _withheld(envelope: dict[str, Any], block: OutputBlock) -> RequestRejected:
+    """The final result of an answer the output guard withholds."""
+    return RequestRejected(
+        **envelope,
+        stage="output_guard",
+        error_type=block.error_type,
+        code=block.code,
+        message=block.message,
+        http_status=block.http_status,
+    )

@@ -24,42 +24,21 @@ import sys
 import time
 import uuid
 
-from confluent_kafka import Consumer, TopicPartition
-
 from bench import _report
 from bench._targets import probe, start_sluicegate, start_upstream
 from bench.bridge_overhead import BODY, build_loadgen
+from sluicegate.serving.topic_read import read_to_end
+from sluicegate.settings import KafkaSettings, Settings
 
 
 def read_topic(bootstrap: str, topic: str) -> list[tuple[bytes | None, int, bytes]]:
     """(key, CreateTime ms, value) of every record of `topic`, read to its end."""
-    consumer = Consumer(
-        {
-            "bootstrap.servers": bootstrap,
-            "group.id": f"hops-{uuid.uuid4()}",
-            "enable.auto.commit": False,
-        }
-    )
-    try:
-        meta = consumer.list_topics(topic, timeout=10).topics[topic]
-        ends = {}
-        for p in meta.partitions:
-            low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
-            if high > low:
-                ends[p] = high
-        consumer.assign([TopicPartition(topic, p, 0) for p in ends])
-        out: list[tuple[bytes | None, int, bytes]] = []
-        deadline = time.monotonic() + 60
-        while ends and time.monotonic() < deadline:
-            for message in consumer.consume(1000, timeout=1):
-                if message.error():
-                    continue
-                out.append((message.key(), message.timestamp()[1], message.value()))
-                if message.offset() + 1 >= ends.get(message.partition(), 0):
-                    ends.pop(message.partition(), None)
-        return out
-    finally:
-        consumer.close()
+    settings = Settings(kafka=KafkaSettings(bootstrap_servers=bootstrap))
+    return [
+        (m.key(), m.timestamp()[1], m.value() or b"")
+        for batch in read_to_end(settings, topic, batch=1000, timeout_s=60, strict=True)
+        for m in batch
+    ]
 
 
 def quantiles(values: list[float]) -> str:

@@ -13,6 +13,7 @@ from collections.abc import Iterator
 
 from confluent_kafka import Consumer, Message, TopicPartition
 
+from sluicegate.errors import BrokerError
 from sluicegate.settings import Settings
 
 
@@ -23,9 +24,12 @@ def read_to_end(
     since_ms: int | None = None,
     batch: int = 500,
     timeout_s: float = 30.0,
+    strict: bool = False,
 ) -> Iterator[list[Message]]:
     """Batches of a topic's records from `since_ms` (broker timestamps; None: the beginning) to
-    the end it had when called (or until nothing came for `timeout_s`)."""
+    the end it had when called (or until nothing came for `timeout_s`). `strict` is for readers
+    that verify the log (the chaos soak): a consumer error, or an end not reached, raises
+    `BrokerError` instead of ending the read short."""
     consumer = Consumer(
         {
             **settings.kafka.client_config(),
@@ -58,7 +62,10 @@ def read_to_end(
             records = []
             for message in consumer.consume(num_messages=batch, timeout=1.0):
                 idle_since = time.monotonic()
-                if message.error() is not None:
+                error = message.error()
+                if error is not None:
+                    if strict:
+                        raise BrokerError(f"reading {topic}: {error}", topic=topic)
                     continue
                 end = ends.get(message.partition())
                 if end is None or message.offset() >= end:
@@ -68,5 +75,9 @@ def read_to_end(
                     ends.pop(message.partition())
             if records:
                 yield records
+        if ends and strict:
+            raise BrokerError(
+                f"reading {topic}: nothing for {timeout_s:g} s before the end: {ends}", topic=topic
+            )
     finally:
         consumer.close()

@@ -3,12 +3,10 @@ offsets committed) up to the high watermarks of the moment, decoded with the pro
 
 from __future__ import annotations
 
-import time
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
+from confluent_kafka import Consumer, TopicPartition
 
 from bench.soak.verify import Final, Journaled
 from sluicegate.schemas.models import (
@@ -19,6 +17,7 @@ from sluicegate.schemas.models import (
     TokenChunk,
 )
 from sluicegate.schemas.serde import AvroSerde
+from sluicegate.serving.topic_read import read_to_end
 from sluicegate.settings import Settings
 
 
@@ -31,44 +30,11 @@ class Record:
     value: bytes
 
 
-def read_topic(bootstrap: str, topic: str, *, timeout_s: float = 120.0) -> Iterator[Record]:
-    consumer = Consumer(
-        {
-            "bootstrap.servers": bootstrap,
-            "group.id": f"soak-verify-{uuid.uuid4()}",
-            "enable.auto.commit": False,
-            "enable.partition.eof": True,
-        }
-    )
-    try:
-        metadata = consumer.list_topics(topic, timeout=30).topics[topic]
-        ends: dict[int, int] = {}
-        for partition in metadata.partitions:
-            _low, high = consumer.get_watermark_offsets(
-                TopicPartition(topic, partition), timeout=30
-            )
-            if high > 0:
-                ends[partition] = high
-        consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in ends])
-        deadline = time.monotonic() + timeout_s
-        while ends and time.monotonic() < deadline:
-            message = consumer.poll(0.5)
-            if message is None:
-                continue
-            error = message.error()
-            if error is not None:
-                if error.code() != KafkaError._PARTITION_EOF:
-                    raise RuntimeError(f"reading {topic}: {error}")
-                continue
-            partition, offset = message.partition(), message.offset()
-            if partition in ends and offset < ends[partition]:
-                yield Record(topic, partition, offset, message.timestamp()[1], message.value())
-            if partition in ends and offset >= ends[partition] - 1:
-                del ends[partition]
-        if ends:
-            raise RuntimeError(f"reading {topic}: not at the end after {timeout_s:g} s: {ends}")
-    finally:
-        consumer.close()
+def read_topic(settings: Settings, topic: str, *, timeout_s: float = 120.0) -> Iterator[Record]:
+    """Every record of `topic` up to its end of now; an error or a short read raises."""
+    for batch in read_to_end(settings, topic, batch=1000, timeout_s=timeout_s, strict=True):
+        for m in batch:
+            yield Record(m.topic(), m.partition(), m.offset(), m.timestamp()[1], m.value() or b"")
 
 
 @dataclass
@@ -82,10 +48,9 @@ class Snapshot:
 
 
 def snapshot(settings: Settings, serde: AvroSerde) -> Snapshot:
-    bootstrap = settings.kafka.bootstrap_servers
     journal: list[Journaled] = []
     journal_times: dict[str, int] = {}
-    for record in read_topic(bootstrap, settings.topic("requests")):
+    for record in read_topic(settings, settings.topic("requests")):
         event = serde.decode(record.value)
         if isinstance(event, RequestReceived):
             journal_times[event.request_id] = record.timestamp_ms
@@ -100,7 +65,7 @@ def snapshot(settings: Settings, serde: AvroSerde) -> Snapshot:
             )
     finals: list[Final] = []
     times: dict[tuple[int, int], int] = {}
-    for record in read_topic(bootstrap, settings.topic("responses")):
+    for record in read_topic(settings, settings.topic("responses")):
         event = serde.decode(record.value)
         times[(record.partition, record.offset)] = record.timestamp_ms
         if isinstance(event, ResponseReady):
@@ -130,12 +95,12 @@ def snapshot(settings: Settings, serde: AvroSerde) -> Snapshot:
             )
     tasks: list[tuple[str, int, int]] = []
     for pool in settings.pools:
-        for record in read_topic(bootstrap, settings.topic(f"inference.{pool}")):
+        for record in read_topic(settings, settings.topic(f"inference.{pool}")):
             task = serde.decode(record.value)
             if isinstance(task, InferenceTask):
                 tasks.append((task.request_id, task.attempt, record.timestamp_ms))
     chunks: list[tuple[str, int]] = []
-    for record in read_topic(bootstrap, settings.topic("stream")):
+    for record in read_topic(settings, settings.topic("stream")):
         chunk = serde.decode(record.value)
         if isinstance(chunk, TokenChunk):
             chunks.append((chunk.request_id, chunk.index))
@@ -163,14 +128,13 @@ def diagnose_lost(
     lost = set(lost_ids)
     if not lost:
         return {}
-    bootstrap = settings.kafka.bootstrap_servers
     admitted: set[str] = set()
-    for record in read_topic(bootstrap, settings.topic("admitted")):
+    for record in read_topic(settings, settings.topic("admitted")):
         event = serde.decode(record.value)
         if isinstance(event, RequestAdmitted | RequestRejected) and event.request_id in lost:
             admitted.add(event.request_id)
     attempted: dict[str, list[str]] = {}
-    for record in read_topic(bootstrap, settings.topic("inference.results")):
+    for record in read_topic(settings, settings.topic("inference.results")):
         event = serde.decode(record.value)
         if isinstance(event, InferenceResult | InferenceFailed) and event.request_id in lost:
             outcome = "ok" if isinstance(event, InferenceResult) else event.error_class
@@ -178,7 +142,7 @@ def diagnose_lost(
     tasked = {rid for rid, _attempt, _ts in snap.tasks if rid in lost}
     consumer = Consumer(
         {
-            "bootstrap.servers": bootstrap,
+            **settings.kafka.client_config(),
             "group.id": settings.worker.app_id,
             "enable.auto.commit": False,
         }

@@ -4,14 +4,15 @@ A leak shows as RSS that keeps climbing at steady load; warm-up (imports, caches
 allocator arenas) shows as a rise that flattens. So the verdict is read from the least-squares
 slope of the *second half* of a process's samples (after `warmup_s`), in MiB per hour: at or
 below `max_slope_mib_per_hour` it is bounded. The slope over the whole run is reported beside
-it. A process restarted by the chaos loop starts a new series; only its last one is judged.
-RSS comes from /proc (Linux), for a process and all its descendants.
+it. A series shorter than `min_span_s` after warm-up (a chaos run of minutes) gets no verdict: a
+slope over a few minutes is noise. A process restarted by the chaos loop starts a new series;
+only its last one is judged. RSS comes from /proc (Linux), for a process and all its descendants.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -75,9 +76,16 @@ def slope_per_hour(points: Sequence[tuple[float, float]]) -> float | None:
 
 
 def judge(
-    samples: Iterable[Sample], *, warmup_s: float, max_slope_mib_per_hour: float
+    samples: Iterable[Sample],
+    *,
+    warmup_s: float,
+    max_slope_mib_per_hour: float,
+    not_judged: Mapping[str, str] | None = None,
+    min_span_s: float = 600.0,
 ) -> dict[str, dict[str, Any]]:
-    """Per role: RSS at the start and end of its last series, the slopes, and `bounded`."""
+    """Per role: RSS at the start and end of its last series, the slopes, and `bounded`
+    (None for the roles of `not_judged`, whose values say why)."""
+    not_judged = not_judged or {}
     series: dict[str, list[Sample]] = {}
     for sample in samples:
         last = series.get(sample.role)
@@ -89,7 +97,8 @@ def judge(
         settled = [(s.at_s, s.rss_mib) for s in points if s.at_s - points[0].at_s >= warmup_s]
         late = settled[len(settled) // 2 :]
         overall = slope_per_hour([(s.at_s, s.rss_mib) for s in points])
-        tail = slope_per_hour(late)
+        span = settled[-1][0] - settled[0][0] if settled else 0.0
+        tail = slope_per_hour(late) if span >= min_span_s else None
         verdicts[role] = {
             "samples": len(points),
             "rss_first_mib": round(points[0].rss_mib, 1),
@@ -97,7 +106,12 @@ def judge(
             "rss_max_mib": round(max(s.rss_mib for s in points), 1),
             "slope_mib_per_hour": None if overall is None else round(overall, 1),
             "late_slope_mib_per_hour": None if tail is None else round(tail, 1),
-            "bounded": None if tail is None else tail <= max_slope_mib_per_hour,
+            "bounded": None
+            if tail is None or role in not_judged
+            else tail <= max_slope_mib_per_hour,
+            "note": not_judged.get(
+                role, f"under {min_span_s / 60:g} min after warm-up" if tail is None else ""
+            ),
         }
     return verdicts
 
@@ -109,7 +123,7 @@ def render(verdicts: dict[str, dict[str, Any]], max_slope_mib_per_hour: float) -
         "|---|---:|---|---:|---:|---|",
     ]
     for role, v in sorted(verdicts.items()):
-        bounded = {True: "yes", False: "**no**", None: "too few samples"}[v["bounded"]]
+        bounded = {True: "yes", False: "**no**", None: f"not judged: {v['note']}"}[v["bounded"]]
         lines.append(
             f"| {role} | {v['samples']} | {v['rss_first_mib']} / {v['rss_last_mib']} / "
             f"{v['rss_max_mib']} | {v['slope_mib_per_hour']} | {v['late_slope_mib_per_hour']} "

@@ -39,8 +39,16 @@ def test_warm_up_that_flattens_is_bounded_and_a_steady_climb_is_not() -> None:
 def test_a_restarted_process_is_judged_on_its_new_series_only() -> None:
     before = series("inference", [100 + i for i in range(50)])  # climbing, then killed
     after = [Sample("inference", 2, 600 + i * 10, 150.0) for i in range(60)]
-    verdict = judge(before + after, warmup_s=0, max_slope_mib_per_hour=20)["inference"]
+    verdict = judge(before + after, warmup_s=0, max_slope_mib_per_hour=20, min_span_s=60)
+    verdict = verdict["inference"]
     assert verdict["samples"] == 60 and verdict["bounded"] is True
+
+
+def test_a_process_not_judged_says_why() -> None:
+    climbing = series("broker", [300 + i for i in range(60)])
+    verdict = judge(climbing, warmup_s=0, max_slope_mib_per_hour=20, not_judged={"broker": "JVM"})
+    assert verdict["broker"]["bounded"] is None and verdict["broker"]["note"] == "JVM"
+    assert "not judged: JVM" in render(verdict, 20)
 
 
 def test_too_few_samples_are_no_verdict() -> None:

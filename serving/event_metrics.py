@@ -143,6 +143,12 @@ class EventMetrics:
             ["deployment"],
             TTFT_BUCKETS,
         )
+        self.reread_offsets = counter(
+            "sluicegate_worker_reread_offsets",
+            "Offsets the Faust worker read again because a stream had skipped them and the "
+            "commit was stuck behind them (streams/commit_watchdog.py).",
+            ["topic"],
+        )
         self.tokens = counter(
             "sluicegate_inference_tokens",
             "Tokens of successful calls, as the backend reported them.",

@@ -72,11 +72,15 @@ from sluicegate.schemas.serde import AvroSerde
 from sluicegate.serving.event_metrics import EventMetrics
 from sluicegate.settings import Settings
 from sluicegate.streams.catalogue_view import CatalogueView
+from sluicegate.streams.commit_watchdog import HoleDetector, watch_commits
 from sluicegate.streams.dlq import dead_letter
 from sluicegate.streams.drift_io import DriftTable, PromptQueue
 from sluicegate.streams.health_view import HealthView
 
 log = logging.getLogger(__name__)
+# How often the commit watchdog looks, and how long a hole must last before it reads again.
+COMMIT_HOLE_CHECK_S = 2.0
+COMMIT_HOLE_STALL_S = 10.0
 
 
 class Publisher:
@@ -388,6 +392,17 @@ def create_app(
             stage="health",
             handle=publishing(health.observe),
         )
+
+    # Records a stream skipped without the seek that should follow (streams/commit_watchdog.py).
+    holes = HoleDetector(stall_s=COMMIT_HOLE_STALL_S)
+
+    def reread(topic: str, partition: int, offset: int, read: int) -> None:
+        if metrics is not None:
+            metrics.reread_offsets.child(topic).inc(read - offset + 1)
+
+    @app.timer(interval=COMMIT_HOLE_CHECK_S)
+    async def commit_watchdog() -> None:
+        await watch_commits(app, holes, time.monotonic, reread)
 
     return app
 

@@ -135,7 +135,8 @@ def _app(embedder: Any = None, **update: Any) -> Any:
 
 
 def _tasks(app: Any) -> set[str]:
-    return {task.__name__ for task in app._app_tasks}  # timers and tasks (no public listing)
+    """The app's drift timers and tasks (no public listing; the commit watchdog is always on)."""
+    return {task.__name__ for task in app._app_tasks} - {"commit_watchdog"}
 
 
 def test_the_app_wires_drift_when_enabled() -> None:

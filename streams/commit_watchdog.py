@@ -12,9 +12,11 @@ plain experiment: `app.flow_control.suspend()` and `resume()` while records are 
 the commit at the first queued one, its successors processed, nothing unacked.
 
 The signature is exact enough to act on: the next offset to commit is at or below the last
-offset handed to the streams, no message of the partition is being processed (none tracked and
-unacked), and it stays so across `stall_s`. A slow agent never matches (its message is
-unacked), nor does a backlog (the commit moves as it drains). The remedy is the seek Faust did
+offset handed to the streams, it was never acked, no message of the partition is being processed
+(none tracked and unacked), and it stays so across `stall_s`. A slow agent never matches (its
+message is unacked), nor does a backlog (the commit moves as it drains), nor a commit that fails
+while the broker is away (its offsets are acked, only not committed yet: the first version of
+this watchdog read those again after a broker restart in the soak). The remedy is the seek Faust did
 not do — back to the committed offset; the records after the hole are read again, and their
 second run is what at-least-once already allows for (docs/delivery.md: the inference worker
 skips tasks already answered or started, the bridge takes the first final result).
@@ -42,6 +44,7 @@ class Progress:
     committed: int | None  # the next offset to commit (Kafka's committed offset)
     read: int | None  # the last offset handed to the streams
     in_process: int  # messages of the partition taken by a stream and not acked yet
+    next_acked: bool = False  # the offset to commit next is acked, only its commit is late
 
 
 class HoleDetector:
@@ -54,7 +57,13 @@ class HoleDetector:
     def observe(self, partition: Any, progress: Progress, now: float) -> int | None:
         """The offset to seek back to, once the hole has lasted `stall_s`; else None."""
         committed, read = progress.committed, progress.read
-        if committed is None or read is None or read < committed or progress.in_process:
+        if (
+            committed is None
+            or read is None
+            or read < committed
+            or progress.in_process
+            or progress.next_acked
+        ):
             self._since.pop(partition, None)
             return None
         stuck = self._since.get(partition)
@@ -95,10 +104,12 @@ async def watch_commits(
         in_process[message.tp] = in_process.get(message.tp, 0) + 1
     sought = 0
     for tp in streams:
+        committed = consumer._committed_offset.get(tp)
         progress = Progress(
-            committed=consumer._committed_offset.get(tp),
+            committed=committed,
             read=consumer._read_offset.get(tp),
             in_process=in_process.get(tp, 0),
+            next_acked=committed in consumer._acked_index.get(tp, ()),
         )
         offset = detector.observe(tp, progress, now())
         if offset is None:

@@ -43,6 +43,11 @@ class TestHoleDetector:
             progress = Progress(committed=committed, read=399, in_process=0)
             assert detector.observe("p", progress, now=t * 5) is None
 
+    def test_acked_records_whose_commit_is_late_are_no_hole(self) -> None:
+        detector = HoleDetector(stall_s=10)  # the broker is away: commits fail, acks go on
+        late = Progress(committed=1026, read=1044, in_process=0, next_acked=True)
+        assert all(detector.observe("p", late, now=t) is None for t in range(0, 60, 5))
+
     def test_a_message_taken_in_between_restarts_the_clock(self) -> None:
         detector = HoleDetector(stall_s=10)
         hole = Progress(committed=75, read=399, in_process=0)

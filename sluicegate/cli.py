@@ -166,7 +166,16 @@ def cmd_down(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+# The Faust worker embeds on one thread beside its event loop (the semantic cache, drift's
+# sampled prompts). A multi-threaded BLAS only makes those matmuls wait for a helper thread that
+# competes with the loop for the same cores: under load an embedding took several times its
+# ~13 ms of CPU. One BLAS thread, set before numpy is first imported; an operator's value wins.
+_SINGLE_THREADED_BLAS = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
+
+
 def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
+    for variable in _SINGLE_THREADED_BLAS:
+        os.environ.setdefault(variable, "1")
     from sluicegate.streams.worker import run_worker
 
     sys.argv = [sys.argv[0], "worker"]  # faust.Worker reads argv

@@ -828,6 +828,12 @@ class DriftSettings(BaseModel):
         description="Share of admitted requests whose prompt is embedded for "
         "`prompt_embedding` (by a hash of request_id, so replays sample the same requests).",
     )
+    max_embeddings_per_s: float = Field(
+        default=2.0,
+        gt=0,
+        description="Cap on those embeddings per Faust worker (~13 ms of CPU each), so their "
+        "cost stays flat as traffic grows; sampled prompts over it are skipped.",
+    )
 
     @model_validator(mode="after")
     def _reservoir_holds_a_window(self) -> DriftSettings:

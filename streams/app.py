@@ -260,7 +260,7 @@ def create_app(
 
     drift = _drift_stage(app, settings)
     embeds_prompts = drift is not None and drift.wants_embeddings and embedder is not None
-    prompts = PromptQueue() if embeds_prompts else None
+    prompts = PromptQueue(max_per_s=settings.drift.max_embeddings_per_s) if embeds_prompts else None
 
     async def admit(request: RequestReceived) -> None:
         outcome = admission.run(request)

@@ -86,6 +86,17 @@ def prompt(text: str) -> PromptToEmbed:
     return PromptToEmbed("acme", 0, text)
 
 
+def test_prompts_over_the_embedding_rate_are_skipped_and_counted() -> None:
+    now = [0.0]
+    queue = PromptQueue(maxsize=100, max_per_s=2.0, clock=lambda: now[0])
+    assert [queue.offer(prompt(str(i))) for i in range(4)] == [True, True, False, False]
+    now[0] = 0.5  # one more token
+    assert [queue.offer(prompt("a")), queue.offer(prompt("b"))] == [True, False]
+    now[0] = 100.0  # the bucket holds no more than its burst
+    assert sum(queue.offer(prompt(str(i))) for i in range(10)) == 2
+    assert queue.over_rate == 11 and queue.dropped == 0
+
+
 async def test_a_full_queue_drops_and_counts_instead_of_waiting(
     caplog: pytest.LogCaptureFixture,
 ) -> None:

@@ -114,10 +114,8 @@ def _read(bootstrap: str, topic: str, isolation: str, idle_s: float = 3.0) -> li
     return seen
 
 
-def _output_end(bootstrap: str, topic: str) -> int:
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "eos-watch"})
-    _low, high = consumer.get_watermark_offsets(TopicPartition(topic, 0), timeout=10)
-    consumer.close()
+def _output_end(watcher: Consumer, topic: str) -> int:
+    _low, high = watcher.get_watermark_offsets(TopicPartition(topic, 0), timeout=10)
     return high
 
 
@@ -137,6 +135,7 @@ def trial(args: argparse.Namespace, guarantee: str, rng: random.Random) -> dict[
     # Kill when the output (its high watermark) passes these marks.
     marks = sorted(rng.uniform(0.1, 0.9) * args.records for _ in range(args.kills))
     started = time.monotonic()
+    watcher = Consumer({"bootstrap.servers": args.bootstrap, "group.id": "eos-watch"})
     try:
         while True:
             worker = subprocess.Popen(
@@ -146,7 +145,7 @@ def trial(args: argparse.Namespace, guarantee: str, rng: random.Random) -> dict[
                 break
             deadline = time.monotonic() + 120
             while time.monotonic() < deadline and worker.poll() is None:
-                if _output_end(args.bootstrap, sink) >= marks[kills]:
+                if _output_end(watcher, sink) >= marks[kills]:
                     break
                 time.sleep(0.05)
             if worker.poll() is not None:
@@ -164,6 +163,7 @@ def trial(args: argparse.Namespace, guarantee: str, rng: random.Random) -> dict[
     finally:
         if worker.poll() is None:
             os.killpg(worker.pid, signal.SIGKILL)
+        watcher.close()
         log.close()
     committed = _read(args.bootstrap, sink, "read_committed")
     everything = _read(args.bootstrap, sink, "read_uncommitted")

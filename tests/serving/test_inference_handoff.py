@@ -13,7 +13,6 @@ with the offsets unstored, and the new owner ran those tasks again.
 from __future__ import annotations
 
 import asyncio
-import uuid
 from collections import Counter
 from pathlib import Path
 
@@ -23,11 +22,10 @@ from sluicegate.connectors.ports import Completion
 from sluicegate.connectors.schema_registry import build_serde
 from sluicegate.schemas.models import InferenceTask
 from sluicegate.serving.inference_worker import InferenceWorker, PendingOffsets
-from sluicegate.settings import Deployment, KafkaSettings, ModelAlias, Settings, WorkerSettings
 from sluicegate.streams.topics import ensure_topics
 from tests.builders import task
 from tests.fakes.backends import CompleteOnlyBackend, answer
-from tests.serving.test_inference_redelivery import responses_for
+from tests.serving.test_inference_redelivery import responses_for, worker_settings
 from tests.topics_io import drop_topics, produce
 
 ANSWER_S = 0.3
@@ -61,19 +59,7 @@ def test_pending_offsets_keep_the_highest_per_partition_and_are_taken_once() -> 
 async def test_a_worker_joining_mid_run_takes_partitions_without_a_task_run_twice(
     kafka_bootstrap: str, tmp_path: Path
 ) -> None:
-    run = uuid.uuid4().hex[:8]
-    settings = Settings(
-        kafka=KafkaSettings(bootstrap_servers=kafka_bootstrap, topic_prefix=f"ho{run}."),
-        worker=WorkerSettings(
-            app_id=f"sluicegate-handoff-{run}",
-            inference_concurrency=4,
-            data_dir=tmp_path,
-            metrics_port=None,
-            inference_metrics_port=None,
-        ),
-        deployments=[Deployment(name="local-smollm2", backend="llamacpp", provider_model="p")],
-        models=[ModelAlias(name="smollm2-135m", deployments=["local-smollm2"])],
-    )
+    settings = worker_settings(kafka_bootstrap, tmp_path, "handoff", inference_concurrency=4)
     ensure_topics(settings)
     serde = build_serde(settings)
     calls: Counter[str] = Counter()

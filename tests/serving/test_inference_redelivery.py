@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from pathlib import Path
+from typing import Any
 
 import pytest
 from confluent_kafka import Consumer, TopicPartition
@@ -76,19 +77,26 @@ def responses_for(settings: Settings, serde, request_id: str) -> list[ResponseRe
     return found
 
 
-async def test_a_task_delivered_twice_answers_once(kafka_bootstrap: str, tmp_path: Path) -> None:
+def worker_settings(kafka_bootstrap: str, tmp_path: Path, name: str, **worker: Any) -> Settings:
+    """One in-process inference worker's settings: topics and group of the test's own, no
+    metrics ports, the `local-smollm2` deployment (its backend is the test's fake)."""
     run = uuid.uuid4().hex[:8]
-    settings = Settings(
-        kafka=KafkaSettings(bootstrap_servers=kafka_bootstrap, topic_prefix=f"rd{run}."),
+    return Settings(
+        kafka=KafkaSettings(bootstrap_servers=kafka_bootstrap, topic_prefix=f"{name}{run}."),
         worker=WorkerSettings(
-            app_id=f"sluicegate-redelivery-{run}",
+            app_id=f"sluicegate-{name}-{run}",
             data_dir=tmp_path,
             metrics_port=None,
             inference_metrics_port=None,
+            **worker,
         ),
         deployments=[Deployment(name="local-smollm2", backend="llamacpp", provider_model="p")],
         models=[ModelAlias(name="smollm2-135m", deployments=["local-smollm2"])],
     )
+
+
+async def test_a_task_delivered_twice_answers_once(kafka_bootstrap: str, tmp_path: Path) -> None:
+    settings = worker_settings(kafka_bootstrap, tmp_path, "redelivery")
     ensure_topics(settings)
     serde = build_serde(settings)
     backend = CountingBackend()

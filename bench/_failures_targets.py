@@ -24,10 +24,10 @@ from bench._targets import (
     LITELLM_VENV,
     REPO_ROOT,
     Target,
-    _delete_kafka_state,
     _wait_for_group,
     bench_settings,
     broker_pid,
+    delete_kafka_state,
     ensure_broker,
     ensure_litellm,
     register_bench_key,
@@ -159,7 +159,7 @@ def start_sluicegate_failover(
         headers={"Authorization": f"Bearer {register_bench_key(settings)}"},
     )
     target.cleanup.append(lambda: shutil.rmtree(data_dir, ignore_errors=True))
-    target.cleanup.append(lambda: _delete_kafka_state(settings))
+    target.cleanup.append(lambda: delete_kafka_state(settings))
     try:
         cli = [sys.executable, "-m", "sluicegate.cli"]
         logs = {role: log_dir / f"{name}-{role}.log" for role in ("worker", "inference", "bridge")}

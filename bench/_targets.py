@@ -186,7 +186,7 @@ def start_sluicegate(
         settings=settings,
     )
     target.cleanup.append(lambda: shutil.rmtree(data_dir, ignore_errors=True))
-    target.cleanup.append(lambda: _delete_kafka_state(settings))
+    target.cleanup.append(lambda: delete_kafka_state(settings))
     try:
         cli = [sys.executable, "-m", "sluicegate.cli"]
         for i in range(workers):  # one consumer group; more processes share its partitions
@@ -237,7 +237,7 @@ def _wait_for_group(
     raise ServiceError(f"worker group {group_id} not stable in {timeout_s:g} s:\n{tails}")
 
 
-def _delete_kafka_state(settings: Settings) -> None:
+def delete_kafka_state(settings: Settings) -> None:
     """Remove the run's topics (its prefix and Faust's app-id topics) and its consumer group."""
     from confluent_kafka.admin import AdminClient
 

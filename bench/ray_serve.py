@@ -41,10 +41,10 @@ from bench._procs import CpuMeter, Service, _stat_fields, wait_http
 from bench._targets import (
     REPO_ROOT,
     Target,
-    _delete_kafka_state,
     _wait_for_group,
     bench_settings,
     broker_pid,
+    delete_kafka_state,
     ensure_broker,
     new_master_key,
     register_bench_key,
@@ -250,7 +250,7 @@ def start_ray(
     target.cleanup.append(lambda: shutil.rmtree(data_dir, ignore_errors=True))
     target.cleanup.append(lambda: shutil.rmtree(ray_tmp, ignore_errors=True))
     target.cleanup.append(lambda: _delete_group(bootstrap, pool_group(settings, POOL)))
-    target.cleanup.append(lambda: _delete_kafka_state(settings))
+    target.cleanup.append(lambda: delete_kafka_state(settings))
     target.cleanup.append(lambda: _report_stragglers(target.seen))
     try:
         worker = Service("worker", [*CLI, "worker"], log_dir / "worker.log", env=env, cwd=REPO_ROOT)

@@ -33,7 +33,7 @@ from typing import Any
 import aiohttp
 
 from bench._procs import ServiceError, free_port
-from bench._targets import _delete_kafka_state
+from bench._targets import delete_kafka_state
 from bench.soak.cluster import REPO_ROOT, Broker, ExternalBroker, Role, python_module
 from bench.soak.load import LoadPlan, expected_answer, prompt_of, run_load
 from bench.soak.logread import diagnose_lost
@@ -289,7 +289,7 @@ class Soak:
                 role.stop()
         if isinstance(self.broker, ExternalBroker):
             with contextlib.suppress(Exception):
-                _delete_kafka_state(self.settings)
+                delete_kafka_state(self.settings)
         with contextlib.suppress(Exception):
             self.broker.stop()
         if self.broker.pid() is not None:  # kafka.sh refused (e.g. a stale lock): by pid

@@ -4,6 +4,10 @@ llama.cpp's server, Ollama, ...), through the official `openai` SDK.
 The SDK does not retry (`max_retries=0`): retries and fallbacks are the router's decision, made
 from the `BackendError` this adapter raises. SDK exceptions become BackendError in one place,
 `_to_backend_error`.
+
+The lean aiohttp adapter for `backend: openai` (inference_openai_http.py) shares this module's
+request building (`chat_request`, `chat_body`) and HTTP error classification (`status_error`),
+so both send the same body and raise the same error classes.
 """
 
 from __future__ import annotations
@@ -31,6 +35,8 @@ _POLICY_CODES = ("content_filter", "content_policy")
 # The newest GA data-plane version when this was written; it accepts `stream_options`, which the
 # streaming usage report needs. A deployment pins another one with `api_version`.
 AZURE_DEFAULT_API_VERSION = "2024-10-21"
+# What a streaming call asks for: the usage of the whole answer in a last chunk.
+STREAM_OPTIONS = {"include_usage": True}
 
 
 class OpenAICompatibleBackend:
@@ -47,7 +53,7 @@ class OpenAICompatibleBackend:
         self._client = _client(deployment)
 
     async def complete(self, task: InferenceTask) -> Completion:
-        request = _request(task)
+        request = chat_request(task)
         try:
             response: ChatCompletion = await self._client.chat.completions.create(
                 **request, stream=False
@@ -74,13 +80,13 @@ class OpenAICompatibleBackend:
 
     async def stream(self, task: InferenceTask) -> AsyncIterator[Delta]:
         """Yield each content delta, then one Delta with finish_reason and usage."""
-        request = _request(task)
+        request = chat_request(task)
         finish_reason: str | None = None
         prompt_tokens = completion_tokens = 0
         model = task.provider_model
         try:
             chunks = await self._client.chat.completions.create(
-                **request, stream=True, stream_options={"include_usage": True}
+                **request, stream=True, stream_options=STREAM_OPTIONS
             )
             async with chunks:
                 async for chunk in chunks:
@@ -160,8 +166,9 @@ def _message(message: ChatMessage) -> dict[str, Any]:
     return out
 
 
-def _request(task: InferenceTask) -> dict[str, Any]:
-    """The keyword arguments of `chat.completions.create`, except `stream`."""
+def chat_request(task: InferenceTask) -> dict[str, Any]:
+    """The keyword arguments of `chat.completions.create`, except `stream`: the one place the
+    request is built. The caller's extra fields (minus the reserved ones) are in `extra_body`."""
     params = task.params
     request: dict[str, Any] = {
         "model": task.provider_model,
@@ -194,6 +201,18 @@ def _request(task: InferenceTask) -> dict[str, Any]:
     return request
 
 
+def chat_body(task: InferenceTask, *, stream: bool) -> dict[str, Any]:
+    """The JSON body the SDK sends for `chat_request(task)`: `stream` (and, when streaming, the
+    usage option), then `extra_body` merged into the top level, where it wins like in the SDK."""
+    request = chat_request(task)
+    extra = request.pop("extra_body", {})
+    request["stream"] = stream
+    if stream:
+        request["stream_options"] = dict(STREAM_OPTIONS)
+    request.update(extra)
+    return request
+
+
 # -- errors -------------------------------------------------------------------------------
 
 
@@ -221,9 +240,11 @@ def retry_after_s(headers: Mapping[str, str]) -> float | None:
         return None
 
 
-def _status_class(exc: openai.APIStatusError) -> tuple[str, bool]:
-    """(error_class, retriable) of an HTTP error answer."""
-    status = exc.status_code
+def status_class(
+    status: int, message: str, code: str | None, error_type: str | None
+) -> tuple[str, bool]:
+    """(error_class, retriable) of an HTTP error answer, from its status and its OpenAI error
+    object's `message`, `code` and `type`."""
     if status == 429:
         return "rate_limited", True
     if status >= 500:
@@ -231,14 +252,36 @@ def _status_class(exc: openai.APIStatusError) -> tuple[str, bool]:
     if status in (401, 403):
         return "auth", False
     if status in (400, 413, 422):
-        code = (exc.code or "").lower()
-        text = f"{exc.message} {code} {exc.type or ''}".lower()
+        code = str(code or "").lower()  # some servers (vLLM) send the status as a number
+        text = f"{message} {code} {error_type or ''}".lower()
         if any(marker in text for marker in _CONTEXT_MARKERS):
             return "context_too_long", False
         if code.startswith(_POLICY_CODES):
             return "content_policy", False
         return "bad_request", False
     return "unknown", False
+
+
+def status_error(
+    status: int,
+    headers: Mapping[str, str],
+    message: str,
+    code: str | None = None,
+    error_type: str | None = None,
+) -> BackendError:
+    """The BackendError of an HTTP error answer; both OpenAI adapters raise through here.
+
+    `message` is the SDK's form, `Error code: <status> - <error.message>`, so the two adapters
+    also word their errors alike.
+    """
+    error_class, retriable = status_class(status, message, code, error_type)
+    return BackendError(
+        f"the upstream answered {status}: {message}",
+        error_class=error_class,
+        status_code=status,
+        retriable=retriable,
+        retry_after_s=retry_after_s(headers) if retriable else None,
+    )
 
 
 def _to_backend_error(exc: openai.OpenAIError) -> BackendError:
@@ -254,12 +297,5 @@ def _to_backend_error(exc: openai.OpenAIError) -> BackendError:
             f"could not reach the upstream: {cause!r}", error_class="connection", retriable=True
         )
     if isinstance(exc, openai.APIStatusError):
-        error_class, retriable = _status_class(exc)
-        return BackendError(
-            f"the upstream answered {exc.status_code}: {exc.message}",
-            error_class=error_class,
-            status_code=exc.status_code,
-            retriable=retriable,
-            retry_after_s=retry_after_s(exc.response.headers) if retriable else None,
-        )
+        return status_error(exc.status_code, exc.response.headers, exc.message, exc.code, exc.type)
     return BackendError(f"the upstream failed: {exc}", error_class="unknown")

@@ -145,6 +145,12 @@ class Deployment(BaseModel):
         description="Azure OpenAI `api-version`, or the `anthropic-version` header to pin.",
     )
     region: str | None = Field(default=None, description="AWS region (`bedrock` only).")
+    client: Literal["aiohttp", "sdk"] = Field(
+        default="aiohttp",
+        description="Which HTTP client calls an `openai` deployment: `aiohttp`, a lean client "
+        "(~0.13 ms of CPU per call), or `sdk`, the official `openai` SDK (~1.2 ms per call). "
+        "`azure` deployments always use the SDK.",
+    )
 
     @property
     def api_key(self) -> SecretStr | None:

@@ -153,7 +153,8 @@ def install_log_redaction(secrets: Iterable[str] = ()) -> Redactor:
             return record
         clean = redactor(message)
         if clean != message or record.args:
-            record.msg, record.args = clean, None
+            # (), not None: mode's formatter (Faust) wraps a None in a tuple and fails on it.
+            record.msg, record.args = clean, ()
         if record.exc_info and not record.exc_text:
             # A traceback quotes exception messages; handlers format it later from exc_text.
             record.exc_text = redactor(_FORMATTER.formatException(record.exc_info))

@@ -4,6 +4,7 @@ bridge's TLS."""
 from __future__ import annotations
 
 import datetime as dt
+import io
 import ipaddress
 import logging
 import ssl
@@ -121,6 +122,23 @@ def test_log_records_are_redacted_before_any_handler_sees_them(captured: list[st
     assert PROVIDER_KEY not in output and "corp-vault-token-123" not in output
     assert output.count(REDACTED) == 3
     assert "RuntimeError: 401 from upstream for" in output  # the traceback is still there
+
+
+def test_redacted_records_still_format_under_fausts_log_formatter() -> None:
+    """Faust's worker logs through mode's ExtensionFormatter, which re-wraps a record's args:
+    a redacted record must still format there (it once lost every aiokafka line)."""
+    from mode.utils.logging import ExtensionFormatter
+
+    previous = logging.getLogRecordFactory()
+    try:
+        install_log_redaction()
+        logger = logging.getLogger("sluicegate.test.secrets.mode")
+        record = logger.makeRecord(
+            logger.name, logging.INFO, __file__, 1, "joined group %s", ("g1",), None
+        )
+    finally:
+        logging.setLogRecordFactory(previous)
+    assert ExtensionFormatter(stream=io.StringIO()).format(record).endswith("joined group g1")
 
 
 def _self_signed(tmp_path: Path) -> tuple[Path, Path]:

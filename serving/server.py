@@ -8,6 +8,7 @@ from aiohttp import web
 
 from sluicegate.connectors.schema_registry import build_serde
 from sluicegate.errors import ConfigurationError
+from sluicegate.heap import freeze_startup_heap
 from sluicegate.serving.bridge import create_bridge_app
 from sluicegate.settings import BridgeSettings, Settings
 from sluicegate.streams.topics import ensure_topics
@@ -32,6 +33,11 @@ def run_bridge(settings: Settings) -> None:
     context = tls_context(settings.bridge)
     ensure_topics(settings)
     app = create_bridge_app(settings, serde=build_serde(settings))
+
+    async def freeze_when_started(_: web.Application) -> None:
+        freeze_startup_heap(settings.runtime)
+
+    app.on_startup.append(freeze_when_started)  # last: after the producer and router started
     web.run_app(
         app,
         host=settings.bridge.host,

@@ -510,11 +510,13 @@ def _secrets_of(settings: Settings) -> set[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from sluicegate.heap import tune_collector
     from sluicegate.secrets import install_log_redaction
 
     args = parser().parse_args(argv)
     settings = Settings()
     install_log_redaction(_secrets_of(settings))  # before any process logs a thing
+    tune_collector(settings.runtime)
     return COMMANDS[args.command](settings, args)
 
 

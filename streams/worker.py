@@ -13,16 +13,29 @@ import faust
 from sluicegate.connectors.embeddings import build_embedder
 from sluicegate.connectors.inference import build_backend
 from sluicegate.connectors.schema_registry import build_serde
+from sluicegate.heap import freeze_startup_heap
 from sluicegate.serving.event_metrics import serve_metrics
 from sluicegate.serving.inference_worker import serve
 from sluicegate.serving.lag_metrics import register_lag_metrics
-from sluicegate.settings import Settings
+from sluicegate.settings import RuntimeSettings, Settings
 from sluicegate.streams.app import create_app
 from sluicegate.streams.catalogue_view import CatalogueView
 from sluicegate.streams.health_view import HealthView
 from sluicegate.streams.identity_view import IdentityView
 from sluicegate.streams.prompt_view import PromptView
 from sluicegate.streams.topics import ensure_topics
+
+
+class _Worker(faust.Worker):
+    """faust.Worker that freezes the start-up heap once the app has started and recovered."""
+
+    def __init__(self, app: faust.App, *, runtime: RuntimeSettings, **kwargs: object) -> None:
+        super().__init__(app, **kwargs)
+        self._runtime = runtime
+
+    async def on_startup_finished(self) -> None:
+        await super().on_startup_finished()
+        freeze_startup_heap(self._runtime)
 
 
 def run_worker(settings: Settings, *, loglevel: str = "INFO") -> None:
@@ -63,7 +76,7 @@ def run_worker(settings: Settings, *, loglevel: str = "INFO") -> None:
             prompt_registry=prompt_view.registry,
         )
         catalogue_view.start()  # after create_app subscribed: a published catalogue applies now
-        worker = faust.Worker(app, loglevel=loglevel, quiet=True)
+        worker = _Worker(app, runtime=settings.runtime, loglevel=loglevel, quiet=True)
         worker.execute_from_commandline()
     finally:
         lag.close()
@@ -83,4 +96,5 @@ def run_inference(settings: Settings) -> None:
     ensure_topics(settings)
     serde = build_serde(settings)
     backends = {d.name: build_backend(d) for d in settings.deployments}
+    freeze_startup_heap(settings.runtime)
     asyncio.run(serve(settings, serde, backends))

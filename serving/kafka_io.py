@@ -77,7 +77,9 @@ class AsyncProducer:
             **(client_config or {}),
             "enable.idempotence": True,
             "acks": "all",
-            "linger.ms": 1,
+            # 0, not librdkafka's 5 ms: a request waits on this ack and on the answer's. Records
+            # produced while one is in flight still share the next request.
+            "linger.ms": 0,
             "socket.nagle.disable": True,
             "partitioner": "murmur2_random",
             "error_cb": self._on_error,

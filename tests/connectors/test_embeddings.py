@@ -20,6 +20,7 @@ from sluicegate.connectors.embeddings import (
     OpenAIEmbedder,
     local_minilm,
     single,
+    warm_up,
 )
 from sluicegate.processors.cache import CachedAnswer, ResponseCache
 from sluicegate.schemas.models import ChatMessage, RequestReceived, SamplingParams
@@ -50,6 +51,31 @@ DOCUMENTED_SIMILARITY = np.array(
 )
 PARAPHRASES = ("How do I reset my password?", "What are the steps to reset my password?")
 UNRELATED = "What is the boiling point of water at sea level?"
+
+
+@needs_model
+def test_warm_up_loads_a_local_model_before_the_first_request() -> None:
+    embedder = NumpyMiniLMEmbedder()
+    warm_up(embedder)
+    assert embedder._tokenizer is not None and embedder._weights
+
+
+def test_warm_up_leaves_a_remote_embedder_and_none_alone() -> None:
+    calls: list[httpx.Request] = []
+
+    def record(request: httpx.Request) -> httpx.Response:
+        calls.append(request)
+        return httpx.Response(500)
+
+    client = openai.OpenAI(
+        api_key="sk-x",
+        base_url="http://127.0.0.1:9/v1",
+        http_client=httpx.Client(transport=httpx.MockTransport(record)),
+    )
+    remote = OpenAIEmbedder("text-embedding-3-small", 1536, client=client)
+    warm_up(remote)
+    warm_up(None)
+    assert calls == []
 
 
 @pytest.fixture(scope="module")

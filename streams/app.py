@@ -32,6 +32,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import sys
+import threading
 import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -171,6 +174,21 @@ async def consume(
                 await publisher.emit(internal_error(decoded, stage=stage, error=error))
 
 
+BACKGROUND_NICE = 10
+
+
+def lower_thread_priority() -> None:
+    """Give the calling thread a nice value of `BACKGROUND_NICE` (Linux: a thread's id is a
+    process id to setpriority), so the scheduler runs the hot path's threads first when the
+    cores are busy. Elsewhere, or without permission, the thread keeps its priority."""
+    if sys.platform != "linux":
+        return
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), BACKGROUND_NICE)
+    except OSError as error:
+        log.info("background embeddings keep their priority: %s", error)
+
+
 def create_app(
     settings: Settings,
     *,
@@ -250,13 +268,23 @@ def create_app(
             settings=settings.prompts,
         ),
     )
-    # Embeddings (~7 ms of CPU each) run here, off the event loop the other agents share.
+    # Embeddings (~7-13 ms of CPU each) run off the event loop the other agents share: a
+    # request's (semantic cache lookup) on one thread, background ones (drift samples, cache
+    # fills) on another at a lower scheduling priority, so their bursts give way to the hot path.
     embedding_pool = ThreadPoolExecutor(1, thread_name_prefix="embed")
+    background_pool = ThreadPoolExecutor(
+        1, thread_name_prefix="embed-background", initializer=lower_thread_priority
+    )
 
     async def embed(text: str) -> Any:
         assert embedder is not None
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(embedding_pool, single(embedder), text)
+
+    async def embed_later(text: str) -> Any:
+        assert embedder is not None
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(background_pool, single(embedder), text)
 
     drift = _drift_stage(app, settings)
     embeds_prompts = drift is not None and drift.wants_embeddings and embedder is not None
@@ -349,14 +377,14 @@ def create_app(
 
         @app.task
         async def drift_embeddings() -> None:
-            await prompts.run(embed, observe_prompt)
+            await prompts.run(embed_later, observe_prompt)
 
     if cache is not None:
         filler = CacheFiller(cache=cache)
 
         async def fill(event: CacheFill) -> None:
             text = filler.text_to_embed(event) if embedder is not None else None
-            filler.run(event, vector=await embed(text) if text is not None else None)
+            filler.run(event, vector=await embed_later(text) if text is not None else None)
 
         @app.agent(publisher.topic(settings.topic("cache")), name="cache_fill")
         async def cache_fill_agent(stream: faust.StreamT) -> None:

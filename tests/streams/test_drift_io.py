@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import sys
+import threading
 from typing import Any
 
 import numpy as np
@@ -174,3 +177,19 @@ def test_the_drift_changelog_is_in_the_catalogue() -> None:
     names = {spec.name for spec in catalogue(settings)}
     assert f"{settings.worker.app_id}-drift-changelog" in names
     assert f"{settings.topic('evals')}.dlq" in names  # drift_evals dead-letters like any agent
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="per-thread nice values are Linux's")
+def test_background_embeddings_run_at_a_lower_priority_than_the_loop() -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from sluicegate.streams.app import BACKGROUND_NICE, lower_thread_priority
+
+    def nice_of_this_thread() -> int:
+        return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
+    before = nice_of_this_thread()
+    with ThreadPoolExecutor(1, initializer=lower_thread_priority) as pool:
+        background = pool.submit(nice_of_this_thread).result()
+    assert background == BACKGROUND_NICE
+    assert nice_of_this_thread() == before  # the caller's thread is untouched

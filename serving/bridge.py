@@ -50,7 +50,7 @@ from sluicegate.schemas.serde import AvroSerde
 from sluicegate.serving import openai_format as fmt
 from sluicegate.serving.admin_api import AdminApi, AdminAudit
 from sluicegate.serving.idempotency import IdempotencyGate, Lease
-from sluicegate.serving.kafka_io import AsyncProducer, ReplyRouter
+from sluicegate.serving.kafka_io import SIDE_LINGER_MS, AsyncProducer, ReplyRouter
 from sluicegate.serving.knowledge_api import add_routes as add_knowledge_routes
 from sluicegate.serving.metrics import BridgeMetrics
 from sluicegate.serving.prompts_api import PromptsApi
@@ -141,6 +141,7 @@ class Bridge:
             settings=settings, serde=serde, instance_id=self.instance_id
         )
         self.journal: AsyncProducer | None = None
+        self.side: AsyncProducer | None = None  # lingers: the root spans nobody waits on
         self.router: ReplyRouter | None = None
         self.catalogue: CatalogueView | None = None
         # Who is calling: the key registry (sg.identity), followed from start() on.
@@ -162,6 +163,12 @@ class Bridge:
         client_config = self.settings.kafka.client_config()
         self.journal = AsyncProducer(
             bootstrap_servers=bootstrap, loop=loop, client_config=client_config
+        )
+        self.side = AsyncProducer(
+            bootstrap_servers=bootstrap,
+            loop=loop,
+            client_config=client_config,
+            linger_ms=SIDE_LINGER_MS,
         )
         self.router = ReplyRouter(
             bootstrap_servers=bootstrap,
@@ -193,6 +200,8 @@ class Bridge:
             await loop.run_in_executor(None, self.router.close)
         if self.journal is not None:
             await loop.run_in_executor(None, self.journal.close)
+        if self.side is not None:
+            await loop.run_in_executor(None, self.side.close)
 
     def application(self) -> web.Application:
         app = web.Application(
@@ -555,7 +564,7 @@ class Bridge:
 
     def _trace(self, event: RequestReceived, started: datetime, outcome: str) -> None:
         """The root span of the request (the stages' spans are its children); not awaited."""
-        assert self.journal is not None
+        assert self.side is not None
         span = Span(
             event_id=new_event_id(),
             occurred_at=now(),
@@ -571,7 +580,7 @@ class Bridge:
             status=outcome,
             attributes={"model": event.model, "stream": str(event.stream).lower()},
         )
-        sent = self.journal.publish(self._traces_topic, event.trace_id, self.serde.encode(span))
+        sent = self.side.publish(self._traces_topic, event.trace_id, self.serde.encode(span))
         sent.add_done_callback(_log_failure)
 
     @staticmethod

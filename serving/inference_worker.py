@@ -60,7 +60,7 @@ from sluicegate.schemas.models import (
 )
 from sluicegate.schemas.serde import AvroSerde
 from sluicegate.serving.event_metrics import serve_metrics
-from sluicegate.serving.kafka_io import AsyncProducer, DeliveryGroup, fetch_ready
+from sluicegate.serving.kafka_io import SIDE_LINGER_MS, AsyncProducer, DeliveryGroup, fetch_ready
 from sluicegate.serving.lag_metrics import register_lag_metrics
 from sluicegate.settings import Catalogue, Settings
 from sluicegate.streams.catalogue_view import CatalogueView
@@ -71,6 +71,11 @@ log = logging.getLogger(__name__)
 STAGE = "inference"
 SHUTDOWN_GRACE_S = 5.0
 OUTCOMES_INTERVAL_S = 0.25
+# Records of a task that nobody waits on (its span, result, cost and cache fill) go through a
+# second producer that lingers (SIDE_LINGER_MS); on 150 req/s the Faust worker's consumer of
+# sg.cost woke per CostEntry. The answer, stream chunks, retries and dead letters keep the
+# producer that sends at once.
+SIDE_TOPICS = ("traces", "inference.results", "cost", "cache")
 # How far back a redelivered task's request is looked up on sg.responses; longer than any
 # request's deadline (the bridge's request_timeout_s, 120 s by default) with room to spare.
 ANSWERED_WINDOW_S = 900.0
@@ -342,6 +347,8 @@ class InferenceWorker:
             }
         )
         self._producer: AsyncProducer | None = None
+        self._side_producer: AsyncProducer | None = None
+        self._side_topics: frozenset[str] = frozenset()
         self._tasks: set[asyncio.Task[None]] = set()
         self._outcomes = OutcomeAggregator()
         self._metrics, self._metrics_server = serve_metrics(
@@ -359,6 +366,13 @@ class InferenceWorker:
             loop=loop,
             client_config=self._settings.kafka.client_config(),
         )
+        self._side_producer = AsyncProducer(
+            bootstrap_servers=self._settings.kafka.bootstrap_servers,
+            loop=loop,
+            client_config=self._settings.kafka.client_config(),
+            linger_ms=SIDE_LINGER_MS,
+        )
+        self._side_topics = frozenset(self._settings.topic(name) for name in SIDE_TOPICS)
         await loop.run_in_executor(None, self._health.start)
         await loop.run_in_executor(None, self._answered.start)
         self._catalogue.subscribe(lambda c: loop.call_soon_threadsafe(self._reconfigure, c))
@@ -400,6 +414,7 @@ class InferenceWorker:
                     task.cancel()
             await loop.run_in_executor(self._fetcher, self._close_consumer)
             await loop.run_in_executor(None, self._producer.close)
+            await loop.run_in_executor(None, self._side_producer.close)
             await loop.run_in_executor(None, self._health.close)
             await loop.run_in_executor(None, self._catalogue.close)
             await loop.run_in_executor(None, self._answered.close)
@@ -628,7 +643,9 @@ class InferenceWorker:
         return False
 
     def _send(self, acks: DeliveryGroup, emit: Emit) -> None:
-        acks.publish(self._settings.topic(emit.topic), emit.key, self._serde.encode(emit.event))
+        topic = self._settings.topic(emit.topic)
+        side = self._side_producer if topic in self._side_topics else None
+        acks.publish(topic, emit.key, self._serde.encode(emit.event), via=side)
         self._observe(emit)
 
     def _publish(self, emit: Emit) -> asyncio.Future[None]:

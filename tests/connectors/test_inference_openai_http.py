@@ -13,11 +13,9 @@ import asyncio
 import itertools
 import json
 import os
-import uuid
 from collections import deque
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -28,8 +26,8 @@ from sluicegate.connectors.inference_openai import OpenAICompatibleBackend
 from sluicegate.connectors.inference_openai_http import OpenAIHttpBackend, env_proxy
 from sluicegate.connectors.ports import Completion, Delta, InferenceBackend
 from sluicegate.errors import BackendError
-from sluicegate.schemas.models import ChatMessage, InferenceTask, SamplingParams
 from sluicegate.settings import Deployment
+from tests.connectors.test_inference_backends import make_task
 from tests.fakes.openai_upstream import FakeOpenAIUpstream
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
@@ -144,24 +142,6 @@ async def both(canned: CannedUpstream) -> AsyncIterator[dict[str, InferenceBacke
     for adapter in adapters.values():
         await adapter.aclose()
     canned.answers.clear()
-
-
-def make_task(content: str = "hi") -> InferenceTask:
-    return InferenceTask(
-        event_id=str(uuid.uuid4()),
-        occurred_at=datetime.now(UTC),
-        tenant_id="t",
-        request_id="r",
-        trace_id="0" * 32,
-        span_id="0" * 16,
-        producer="test",
-        model="m",
-        deployment="d",
-        provider_model="p",
-        pool="default",
-        messages=[ChatMessage(role="user", content=content)],
-        params=SamplingParams(max_tokens=16),
-    )
 
 
 async def complete_both(

@@ -102,20 +102,7 @@ class OpenAICompatibleBackend:
                         yield Delta(text=choice.delta.content)
         except openai.OpenAIError as exc:
             raise _to_backend_error(exc) from exc
-        if finish_reason is None:
-            # A stream that ends without saying why was cut: never pass it off as complete.
-            raise BackendError(
-                "the upstream stream ended without a finish_reason",
-                error_class="connection",
-                retriable=True,
-            )
-        yield Delta(
-            text="",
-            finish_reason=finish_reason,
-            prompt_tokens=prompt_tokens,
-            completion_tokens=completion_tokens,
-            provider_model=model,
-        )
+        yield last_delta(finish_reason, prompt_tokens, completion_tokens, model)
 
     async def aclose(self) -> None:
         await self._client.close()
@@ -211,6 +198,28 @@ def chat_body(task: InferenceTask, *, stream: bool) -> dict[str, Any]:
         request["stream_options"] = dict(STREAM_OPTIONS)
     request.update(extra)
     return request
+
+
+def last_delta(
+    finish_reason: str | None, prompt_tokens: int, completion_tokens: int, model: str
+) -> Delta:
+    """A stream's closing Delta (finish_reason and usage); both OpenAI adapters end with it.
+
+    A stream that ended without saying why was cut: it is never passed off as complete.
+    """
+    if finish_reason is None:
+        raise BackendError(
+            "the upstream stream ended without a finish_reason",
+            error_class="connection",
+            retriable=True,
+        )
+    return Delta(
+        text="",
+        finish_reason=finish_reason,
+        prompt_tokens=prompt_tokens,
+        completion_tokens=completion_tokens,
+        provider_model=model,
+    )
 
 
 # -- errors -------------------------------------------------------------------------------

@@ -17,6 +17,7 @@ fields, `tool_calls_json` included, are those the SDK adapter builds from the sa
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib.metadata
 import json
 import urllib.parse
@@ -28,7 +29,7 @@ from typing import Any
 
 import aiohttp
 
-from sluicegate.connectors.inference_openai import chat_body, status_error
+from sluicegate.connectors.inference_openai import chat_body, last_delta, status_error
 from sluicegate.connectors.ports import Completion, Delta
 from sluicegate.errors import BackendError
 from sluicegate.schemas.models import InferenceTask
@@ -85,13 +86,8 @@ class OpenAIHttpBackend:
         self._loop: asyncio.AbstractEventLoop | None = None
 
     async def complete(self, task: InferenceTask) -> Completion:
-        body = _encode(chat_body(task, stream=False))
         try:
-            async with self._http().post(
-                self._url, data=body, headers=self._headers, proxy=self._proxy
-            ) as response:
-                if not 200 <= response.status < 300:
-                    raise await _status_error(response)
+            async with self._answer(chat_body(task, stream=False)) as response:
                 payload = await response.read()
         except (aiohttp.ClientError, OSError) as exc:  # OSError includes TimeoutError
             raise _transport_error(exc) from exc
@@ -99,14 +95,9 @@ class OpenAIHttpBackend:
 
     async def stream(self, task: InferenceTask) -> AsyncIterator[Delta]:
         """Yield each content delta, then one Delta with finish_reason and usage."""
-        body = _encode(chat_body(task, stream=True))
         state = _StreamState(model=task.provider_model)
         try:
-            async with self._http().post(
-                self._url, data=body, headers=self._headers, proxy=self._proxy
-            ) as response:
-                if not 200 <= response.status < 300:
-                    raise await _status_error(response)
+            async with self._answer(chat_body(task, stream=True)) as response:
                 async for data in _SseEvents(response.content):
                     if data.startswith(b"[DONE]"):
                         await _drain(response.content)
@@ -116,20 +107,19 @@ class OpenAIHttpBackend:
                         yield Delta(text=text)
         except (aiohttp.ClientError, OSError) as exc:  # OSError includes TimeoutError
             raise _transport_error(exc) from exc
-        if state.finish_reason is None:
-            # A stream that ends without saying why was cut: never pass it off as complete.
-            raise BackendError(
-                "the upstream stream ended without a finish_reason",
-                error_class="connection",
-                retriable=True,
-            )
-        yield Delta(
-            text="",
-            finish_reason=state.finish_reason,
-            prompt_tokens=state.prompt_tokens,
-            completion_tokens=state.completion_tokens,
-            provider_model=state.model,
+        yield last_delta(
+            state.finish_reason, state.prompt_tokens, state.completion_tokens, state.model
         )
+
+    @contextlib.asynccontextmanager
+    async def _answer(self, body: dict[str, Any]) -> AsyncIterator[aiohttp.ClientResponse]:
+        """POST the body; a 2xx answer is yielded, any other is raised as its BackendError."""
+        async with self._http().post(
+            self._url, data=_encode(body), headers=self._headers, proxy=self._proxy
+        ) as response:
+            if not 200 <= response.status < 300:
+                raise await _status_error(response)
+            yield response
 
     async def aclose(self) -> None:
         session, loop = self._session, self._loop

@@ -276,15 +276,15 @@ def create_app(
         1, thread_name_prefix="embed-background", initializer=lower_thread_priority
     )
 
-    async def embed(text: str) -> Any:
-        assert embedder is not None
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(embedding_pool, single(embedder), text)
+    def embedding_on(pool: ThreadPoolExecutor) -> Callable[[str], Awaitable[Any]]:
+        async def embed(text: str) -> Any:
+            assert embedder is not None
+            loop = asyncio.get_running_loop()
+            return await loop.run_in_executor(pool, single(embedder), text)
 
-    async def embed_later(text: str) -> Any:
-        assert embedder is not None
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(background_pool, single(embedder), text)
+        return embed
+
+    embed, embed_later = embedding_on(embedding_pool), embedding_on(background_pool)
 
     drift = _drift_stage(app, settings)
     embeds_prompts = drift is not None and drift.wants_embeddings and embedder is not None

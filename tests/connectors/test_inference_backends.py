@@ -130,21 +130,20 @@ async def test_max_tokens_cuts_the_answer_with_finish_reason_length(
     assert completion.finish_reason == "length"
 
 
-async def test_the_request_carries_messages_params_and_extra_body(
-    backend: InferenceBackend, upstream: FakeOpenAIUpstream
-) -> None:
-    call = {"id": "call_1", "type": "function", "function": {"name": "f", "arguments": "{}"}}
-    parts = [{"type": "text", "text": "look"}, {"type": "image_url", "image_url": {"url": "x"}}]
-    tools = [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}]
-    messages = [
-        ChatMessage(role="system", content="be brief", name="rules"),
-        ChatMessage(role="assistant", content=None, tool_calls_json=json.dumps([call])),
-        ChatMessage(role="tool", content="42", tool_call_id="call_1"),
-        ChatMessage(role="user", content=None, content_parts_json=json.dumps(parts)),
-    ]
-    extra = {"user": "u-1", "logit_bias": {"50256": -100}, "stream_options": {"x": 1}}
-    task = make_task(
-        messages=messages,
+# A request with every kind of message and every sampling field the adapters translate.
+CALL = {"id": "call_1", "type": "function", "function": {"name": "f", "arguments": "{}"}}
+PARTS = [{"type": "text", "text": "look"}, {"type": "image_url", "image_url": {"url": "x"}}]
+RICH_MESSAGES = [
+    ChatMessage(role="system", content="be brief", name="rules"),
+    ChatMessage(role="assistant", content=None, tool_calls_json=json.dumps([CALL])),
+    ChatMessage(role="tool", content="42", tool_call_id="call_1"),
+    ChatMessage(role="user", content=None, content_parts_json=json.dumps(PARTS)),
+]
+
+
+def rich_task(tools: list[dict[str, Any]], extra: dict[str, Any]) -> InferenceTask:
+    return make_task(
+        messages=RICH_MESSAGES,
         temperature=0.2,
         top_p=0.9,
         stop=["\n\n"],
@@ -154,13 +153,20 @@ async def test_the_request_carries_messages_params_and_extra_body(
         tool_choice_json=json.dumps("auto"),
         extra_json=json.dumps(extra),
     )
-    await backend.complete(task)
+
+
+async def test_the_request_carries_messages_params_and_extra_body(
+    backend: InferenceBackend, upstream: FakeOpenAIUpstream
+) -> None:
+    tools = [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}]
+    extra = {"user": "u-1", "logit_bias": {"50256": -100}, "stream_options": {"x": 1}}
+    await backend.complete(rich_task(tools, extra))
     body = upstream.requests[-1]
     assert body["messages"] == [
         {"role": "system", "content": "be brief", "name": "rules"},
-        {"role": "assistant", "content": None, "tool_calls": [call]},
+        {"role": "assistant", "content": None, "tool_calls": [CALL]},
         {"role": "tool", "content": "42", "tool_call_id": "call_1"},
-        {"role": "user", "content": parts},
+        {"role": "user", "content": PARTS},
     ]
     assert body["model"] == "p"
     assert (body["temperature"], body["top_p"], body["max_tokens"]) == (0.2, 0.9, 16)
@@ -480,14 +486,6 @@ async def test_both_adapters_stream_equal_deltas(
 async def test_both_adapters_send_the_same_body(
     both: dict[str, InferenceBackend], upstream: FakeOpenAIUpstream, stream: bool
 ) -> None:
-    call = {"id": "call_1", "type": "function", "function": {"name": "f", "arguments": "{}"}}
-    parts = [{"type": "text", "text": "look"}, {"type": "image_url", "image_url": {"url": "x"}}]
-    messages = [
-        ChatMessage(role="system", content="be brief", name="rules"),
-        ChatMessage(role="assistant", content=None, tool_calls_json=json.dumps([call])),
-        ChatMessage(role="tool", content="42", tool_call_id="call_1"),
-        ChatMessage(role="user", content=None, content_parts_json=json.dumps(parts)),
-    ]
     extra = {
         "user": "u-1",
         "logit_bias": {"50256": -100},
@@ -497,17 +495,7 @@ async def test_both_adapters_send_the_same_body(
         "stream_options": {"x": 1},
         "sluicegate": {"deployment": "other"},
     }
-    task = make_task(
-        messages=messages,
-        temperature=0.2,
-        top_p=0.9,
-        stop=["\n\n"],
-        seed=7,
-        response_format_json=json.dumps({"type": "json_object"}),
-        tools_json=json.dumps(LOOKUP),
-        tool_choice_json=json.dumps("auto"),
-        extra_json=json.dumps(extra),
-    )
+    task = rich_task(LOOKUP, extra)
     bodies = {}
     for client, adapter in both.items():
         upstream.reset()
